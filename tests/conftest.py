@@ -1,0 +1,16 @@
+"""Test setup: 8 virtual CPU devices so sharding, cross-replica BN and the queue are exercised.
+
+XLA reads the flag when the CPU backend starts, so it must be set before jax is imported.
+"""
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import tensorflow as tf  # noqa: E402  (keep TF off any accelerator; tf.data only)
+
+tf.config.set_visible_devices([], "GPU")
