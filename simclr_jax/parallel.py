@@ -1,0 +1,49 @@
+"""Device mesh and shardings: data parallelism over one mesh axis, the same code on 1 CPU or a pod.
+
+The loss is written over the GLOBAL batch; with the batch sharded on "data" and parameters
+replicated, XLA inserts the collectives (cross-replica BN statistics, all-gathered negatives).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """One-axis mesh over all (or the given) devices, in the order jax lists them."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over the data axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
+    """The global batch must split evenly over devices; say how to fix it when it does not."""
+    n = mesh.devices.size
+    if global_batch_size <= 0 or global_batch_size % n:
+        lower = max(n, (global_batch_size // n) * n)
+        raise ValueError(
+            f"batch_size={global_batch_size} does not divide over {n} devices; "
+            f"use a multiple of {n}, e.g. --config.batch_size={lower} or {lower + n}.")
+
+
+def to_global(mesh: Mesh, local_tree):
+    """Per-process numpy batch -> global jax.Arrays sharded on the batch axis (multi-host safe)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree)
+
+
+def replicate(mesh: Mesh, tree):
+    """Place a pytree (e.g. the train state) replicated on every device of the mesh."""
+    return jax.device_put(tree, replicated(mesh))
