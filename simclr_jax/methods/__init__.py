@@ -1,0 +1,19 @@
+"""Methods are found by module name: config.method = "simclr" -> simclr_jax.methods.simclr.
+
+Each method module provides:
+  build_network(config, num_classes) -> SSLNetwork
+  init_extras(config, network, variables, rng) -> dict of extra TrainState fields (may be {})
+  compute_loss(network, config, params, state, batch, rng) -> (loss, (batch_stats, extras, metrics))
+  after_update(network, config, state, total_steps) -> state   (EMA, etc.; identity for SimCLR)
+  validate(config, num_train_examples) -> None   (raise ValueError on impossible settings)
+"""
+import importlib
+
+AVAILABLE = ("simclr", "moco", "byol")
+
+
+def get_method(name: str):
+    if name not in AVAILABLE:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(AVAILABLE)} "
+                         f"(set --config.method=...)")
+    return importlib.import_module(f"simclr_jax.methods.{name}")

@@ -1,0 +1,81 @@
+"""The full config schema with defaults. Every config file starts from `base_config()`.
+
+Keeping the schema in one place means a mistyped override (`--config.optimiser.base_lr`) fails
+with "did you mean", and every method reads the same field names.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from simclr_jax.data import aug_presets
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = "simclr"
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "digits"              # "digits" | TFDS name | "folder:/path"
+    c.dataset.data_dir = config_dict.placeholder(str)   # TFDS data_dir
+    c.dataset.train_split = "train"
+    c.dataset.knn_train_split = "train"    # memory bank for kNN ("" disables kNN)
+    c.dataset.knn_test_split = "test"
+    c.dataset.image_size = 32
+
+    c.batch_size = 256
+    c.num_epochs = config_dict.placeholder(float)  # exactly one of num_epochs / num_steps
+    c.num_steps = config_dict.placeholder(int)
+    c.warmup_epochs = 10.0
+    c.lr_schedule = "cosine"               # "cosine" | "step" | "constant"
+    c.lr_boundaries_epochs = ()            # for "step": epochs where the LR is multiplied by 0.1
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "lars"              # "lars" | "sgd" | "adamw"
+    c.optimizer.base_lr = 0.3
+    c.optimizer.lr_scaling = "linear"      # "linear" (x B/256) | "sqrt" (x sqrt(B)) | "none"
+    c.optimizer.weight_decay = 1e-6
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.trust_coefficient = 1e-3
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.decay_all = True           # SGD: weight decay on every parameter (PyTorch style)
+    c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet"
+    c.model.depth = 18
+    c.model.width = 1.0
+    c.model.stem = "cifar"                 # "cifar" (3x3/1, no maxpool) | "imagenet"
+    c.model.sk_ratio = 0.0
+    c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
+
+    c.head = ml_collections.ConfigDict()
+    c.head.num_layers = 2                  # SimCLR v1: 2, v2: 3
+    c.head.hidden_dim = 0                  # 0 = the backbone's feature width
+    c.head.out_dim = 128
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.temperature = 0.1
+
+    c.aug = aug_presets.two_views(aug_presets.simclr(strength=1.0, blur_prob=0.5),
+                                  aug_presets.simclr(strength=1.0, blur_prob=0.5))
+
+    c.probe = ml_collections.ConfigDict()
+    c.probe.enabled = True                 # online linear probe on stop-gradient features
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every_steps = 1000
+    c.eval.batch_size = 256
+    c.eval.knn_k = 200
+    c.eval.knn_temperature = 0.1
+    c.eval.knn_at_init = True              # also score the randomly initialised encoder at the end
+
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.log_images = True
+    return c

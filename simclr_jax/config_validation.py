@@ -1,0 +1,27 @@
+"""Checks of a config before any work starts: impossible settings fail with a fix, not a trace."""
+from __future__ import annotations
+
+
+def _fail(msg: str):
+    raise ValueError(msg)
+
+
+def validate_config(config) -> None:
+    if (config.get("num_epochs") is None) == (config.get("num_steps") is None):
+        _fail("set exactly one of --config.num_epochs and --config.num_steps "
+              f"(got num_epochs={config.get('num_epochs')}, num_steps={config.get('num_steps')}).")
+    if config.batch_size <= 0:
+        _fail(f"batch_size must be positive, got {config.batch_size}.")
+    for name in ("log_every_steps", "checkpoint_every_steps"):
+        if config[name] <= 0:
+            _fail(f"{name} must be positive, got {config[name]}.")
+    if config.eval.every_steps <= 0:
+        _fail(f"eval.every_steps must be positive, got {config.eval.every_steps}.")
+    if config.eval.knn_k <= 0:
+        _fail(f"eval.knn_k must be positive, got {config.eval.knn_k}.")
+    group = config.model.get("bn_group_size")
+    if group is not None:
+        if group <= 0 or config.batch_size % group:
+            _fail(f"model.bn_group_size={group} must divide batch_size={config.batch_size}.")
+    if config.dataset.image_size < 8:
+        _fail(f"dataset.image_size={config.dataset.image_size} is too small (min 8).")
