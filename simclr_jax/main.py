@@ -1,0 +1,80 @@
+"""Command line: python -m simclr_jax.main --config configs/<file>.py[:preset] --workdir DIR.
+
+Kept tiny on purpose: parse flags, join the other hosts if there are any, call
+`train.train_and_evaluate`. Config overrides: --config.batch_size=512 --config.model.depth=50.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/<method>.py[:preset]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, "
+                               "config.json. Re-running with the same workdir resumes.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Call jax.distributed.initialize(): 'auto' does so on multi-host Cloud TPU / SLURM / when "
+    "JAX_COORDINATOR_ADDRESS is set.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _multi_host_environment() -> bool:
+    env = os.environ
+    return (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+            or int(env.get("SLURM_NTASKS", "1")) > 1
+            or "JAX_COORDINATOR_ADDRESS" in env)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax  # after flag parsing so --help is fast
+
+    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_host_environment()):
+        jax.distributed.initialize()
+    logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count(),
+                 jax.devices()[0].platform)
+
+    import tensorflow as tf  # tf.data only: keep TensorFlow off the accelerators
+    tf.config.set_visible_devices([], "GPU")
+
+    from simclr_jax import train
+    try:
+        summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if jax.process_index() == 0:
+        print(format_summary(summary))
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"finished at step {summary.get('step')}"]
+    for key in ("loss", "contrast_acc", "probe_acc"):
+        if key in summary:
+            lines.append(f"  {key:<24s} {summary[key]:.4f}")
+    for key in sorted(k for k in summary if k.startswith("knn_") and not k.endswith("_init")):
+        init = summary.get(f"{key}_init")
+        extra = f"   (random init: {init:.4f})" if init is not None else ""
+        lines.append(f"  {key + ' (learned)':<24s} {summary[key]:.4f}{extra}")
+    return "\n".join(lines)
+
+
+def run():
+    """Entry point; turns a mistyped config override into one clear line."""
+    try:
+        app.run(main)
+    except AttributeError as e:  # ml_collections: unknown key on a locked config
+        if "Did you mean" in str(e) or "is not a key" in str(e) or "locked" in str(e):
+            print(f"error: unknown config key: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    run()
