@@ -54,9 +54,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
 
     c.head = ml_collections.ConfigDict()
-    c.head.num_layers = 2                  # SimCLR v1: 2, v2: 3
+    c.head.kind = "simclr"                 # simclr | moco_v1 | moco_v2 | moco_v3 | byol
+    c.head.num_layers = 2                  # SimCLR v1: 2, v2: 3; MoCo v3 projector: 3 (ResNet)
     c.head.hidden_dim = 0                  # 0 = the backbone's feature width
     c.head.out_dim = 128
+
+    c.predictor = ml_collections.ConfigDict()   # MoCo v3 / BYOL online predictor
+    c.predictor.hidden_dim = 4096
+    c.predictor.last_bn = False                 # MoCo v3 ViT: True
+
+    c.momentum = ml_collections.ConfigDict()    # EMA target (MoCo, BYOL)
+    c.momentum.base = 0.99
+    c.momentum.schedule = "cosine"              # "constant" (MoCo v1/v2) | "cosine" (v3, BYOL)
+
+    c.moco = ml_collections.ConfigDict()        # MoCo v1/v2 key queue
+    c.moco.queue_size = 65536
+    c.moco.shuffle_bn = True
 
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.1

@@ -99,6 +99,9 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
     metrics = {**metrics, "loss": loss, "learning_rate": lr_schedule(state.step),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
                "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    if state.target_params is not None:
+        metrics["ema_momentum"] = optim.ema_momentum(state.step, total_steps,
+                                                     config.momentum.base, config.momentum.schedule)
     return new_state, metrics
 
 

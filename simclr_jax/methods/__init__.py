@@ -9,7 +9,7 @@ Each method module provides:
 """
 import importlib
 
-AVAILABLE = ("simclr", "moco", "byol")
+AVAILABLE = ("simclr", "moco", "moco_v3", "byol")
 
 
 def get_method(name: str):

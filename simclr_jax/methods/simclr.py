@@ -10,21 +10,14 @@ import jax.numpy as jnp
 from simclr_jax import losses
 from simclr_jax.methods import common
 from simclr_jax.methods.network import SSLNetwork
-from simclr_jax.models import build_backbone, heads
+from simclr_jax.models import build_backbone
 
 
 def build_network(config, num_classes: int) -> SSLNetwork:
     backbone = build_backbone(config.model)
-    hidden = config.head.hidden_dim if config.head.hidden_dim > 0 else backbone_features(config)
-    projector = heads.simclr_projector(num_layers=config.head.num_layers, hidden_dim=hidden,
-                                       out_dim=config.head.out_dim,
-                                       bn_group_size=config.model.get("bn_group_size"))
-    return SSLNetwork(backbone=backbone, projector=projector,
+    projector, predictor = common.build_heads(config, backbone.num_features)
+    return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
                       num_classes=num_classes if config.probe.enabled else 0)
-
-
-def backbone_features(config) -> int:
-    return build_backbone(config.model).num_features
 
 
 def validate(config, num_train_examples: int) -> None:
