@@ -1,0 +1,176 @@
+"""Losses of the contrastive / self-distillation methods, as pure jnp functions.
+
+Every function computes in float32 whatever the input dtype (bf16 projections give the same
+loss up to the rounding of the inputs): softmax over thousands of logits with T = 0.1 is not
+something to do in bf16.
+
+The batch given to these functions is the GLOBAL batch (a sharded `jax.Array` under jit), so
+"negatives from all devices" needs no explicit all-gather here.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Added to the self-similarity logits so they vanish from the softmax, as in the SimCLR reference
+# (`LARGE_NUM = 1e9`). Finite, so 0 * log p stays 0 in the entropy metric (no NaN).
+LARGE_NUM = 1e9
+
+
+def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
+    """x / ||x|| in float32, like tf.math.l2_normalize (eps on the squared norm, safe at 0)."""
+    x = x.astype(jnp.float32)
+    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
+
+
+def _check_pair(name: str, a: jnp.ndarray, b: jnp.ndarray, a_name: str, b_name: str) -> None:
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"{name}: {a_name} and {b_name} must both be [N, D] with the same shape, "
+                         f"got {a_name}{tuple(a.shape)} and {b_name}{tuple(b.shape)}.")
+
+
+def _row_metrics(logits: jnp.ndarray, labels: jnp.ndarray) -> dict:
+    """Top-1 accuracy of the positive and mean softmax entropy of each anchor's row (no grad)."""
+    logits = jax.lax.stop_gradient(logits)                       # [A, C]
+    logp = jax.nn.log_softmax(logits, axis=-1)                   # [A, C]
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)            # [A]
+    acc = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)  # [A]
+    return {"contrast_acc": jnp.mean(acc), "contrast_entropy": jnp.mean(entropy)}
+
+
+def _cross_entropy_rows(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Per-row CE with integer labels: [A, C], [A] -> [A]."""
+    logp = jax.nn.log_softmax(logits, axis=-1)                   # [A, C]
+    return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+
+
+def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float):
+    """SimCLR's NT-Xent over the 2N views of a (global) batch.
+
+    z1, z2: [N, D] projections of view 1 and view 2 (row i of each comes from image i).
+    Each of the 2N views is an anchor with 1 positive (the other view of its image) and 2N - 2
+    negatives; its own similarity is removed with -LARGE_NUM.
+
+    Scale: like the reference (`loss_a + loss_b`), the loss is mean CE over view-1 anchors PLUS
+    mean CE over view-2 anchors, i.e. twice the mean over all 2N anchors. Gradients (and so the
+    effective LR / weight-decay balance of the published hyper-parameters) depend on this.
+
+    Metrics (no gradient), over all 2N anchors and their full masked rows of 2N logits:
+      contrast_acc: fraction whose largest logit is the positive. (The TF reference measures
+        only view-1 anchors against the N cross-view logits; over both views and 2N - 1
+        candidates it is the same quantity in expectation, slightly harder.)
+      contrast_entropy: mean entropy of the anchors' softmax.
+    Returns (loss [], metrics).
+    """
+    _check_pair("nt_xent", z1, z2, "z1", "z2")
+    n = z1.shape[0]
+    z = jnp.concatenate([l2_normalize(z1), l2_normalize(z2)], axis=0)   # [2N, D]
+    logits = (z @ z.T) / temperature                                    # [2N, 2N]
+    logits = logits - LARGE_NUM * jnp.eye(2 * n, dtype=logits.dtype)    # drop sim(i, i)
+    idx = jnp.arange(2 * n)                                             # [2N]
+    labels = jnp.where(idx < n, idx + n, idx - n)                       # positive of each anchor
+    ce = _cross_entropy_rows(logits, labels)                            # [2N]
+    loss = jnp.mean(ce[:n]) + jnp.mean(ce[n:])
+    return loss, _row_metrics(logits, labels)
+
+
+def infonce_queue(q: jnp.ndarray, k: jnp.ndarray, queue: jnp.ndarray, temperature: float):
+    """MoCo v1/v2 InfoNCE against a queue of negative keys.
+
+    q: [N, D] queries (online encoder), k: [N, D] keys (momentum encoder), queue: [K, D] keys
+    of earlier batches. q and k are L2-normalised here; queue rows are used as stored (the
+    method writes normalised keys, as the reference does). Neither k nor queue gets a gradient.
+    logits = [q.k, q.queue^T] / T  ([N, 1 + K]), the positive at index 0; loss = mean CE.
+    Returns (loss [], metrics with contrast_acc / contrast_entropy).
+    """
+    _check_pair("infonce_queue", q, k, "q", "k")
+    if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"infonce_queue: queue must be [K, D] with D = {q.shape[1]} like q, "
+                         f"got queue{tuple(queue.shape)}.")
+    q = l2_normalize(q)                                                   # [N, D]
+    k = jax.lax.stop_gradient(l2_normalize(k))                            # [N, D]
+    queue = jax.lax.stop_gradient(queue.astype(jnp.float32))              # [K, D]
+    l_pos = jnp.sum(q * k, axis=-1, keepdims=True)                        # [N, 1]
+    l_neg = q @ queue.T                                                   # [N, K]
+    logits = jnp.concatenate([l_pos, l_neg], axis=1) / temperature        # [N, 1 + K]
+    labels = jnp.zeros((q.shape[0],), jnp.int32)                          # [N]
+    loss = jnp.mean(_cross_entropy_rows(logits, labels))
+    return loss, _row_metrics(logits, labels)
+
+
+def moco_v3_ctr(q: jnp.ndarray, k: jnp.ndarray, temperature: float):
+    """MoCo v3's contrastive term ctr(q, k) = CE(q.k^T / T, labels = arange(N)) * 2T.
+
+    q: [N, D] predictor outputs of one view, k: [N, D] momentum-encoder outputs of the other
+    view (stop-gradient). The reference all-gathers k over GPUs; here N is already the global
+    batch. The factor 2T is the reference's (`loss * (args.moco_t * 2.)`).
+    The symmetric loss ctr(q1, k2) + ctr(q2, k1) is composed by the method.
+    Returns (loss [], metrics with contrast_acc / contrast_entropy).
+    """
+    _check_pair("moco_v3_ctr", q, k, "q", "k")
+    q = l2_normalize(q)                                                   # [N, D]
+    k = jax.lax.stop_gradient(l2_normalize(k))                            # [N, D]
+    logits = (q @ k.T) / temperature                                      # [N, N]
+    labels = jnp.arange(q.shape[0])                                       # [N]
+    loss = jnp.mean(_cross_entropy_rows(logits, labels)) * (2.0 * temperature)
+    return loss, _row_metrics(logits, labels)
+
+
+def byol_loss(p: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+    """BYOL regression: mean over examples of 2 - 2 cos(p, stop_grad(z)) (= ||p^ - z^||^2).
+
+    p: [N, D] online predictions, z: [N, D] target projections of the other view.
+    One direction only; BYOL's symmetrised loss is byol_loss(p1, z2) + byol_loss(p2, z1).
+    """
+    _check_pair("byol_loss", p, z, "p", "z")
+    p = l2_normalize(p)                                                   # [N, D]
+    z = jax.lax.stop_gradient(l2_normalize(z))                            # [N, D]
+    return jnp.mean(2.0 - 2.0 * jnp.sum(p * z, axis=-1))
+
+
+byol_regression = byol_loss  # the name used in PLAN.md
+
+
+def distillation_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
+                      temperature: float = 1.0) -> jnp.ndarray:
+    """SimCLRv2 self-distillation: mean_i -sum_c softmax(t_i / T)_c * log_softmax(s_i / T)_c.
+
+    student_logits, teacher_logits: [N, C]; the teacher gets no gradient. Like SimCLRv2 (and
+    unlike Hinton et al.) the loss is NOT multiplied by T^2, so at T != 1 the gradient scale
+    differs from the "T^2-corrected" convention.
+    """
+    _check_pair("distillation_loss", student_logits, teacher_logits,
+                "student_logits", "teacher_logits")
+    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature   # [N, C]
+    s = student_logits.astype(jnp.float32) / temperature                          # [N, C]
+    target = jax.nn.softmax(t, axis=-1)                                           # [N, C]
+    return jnp.mean(-jnp.sum(target * jax.nn.log_softmax(s, axis=-1), axis=-1))
+
+
+distillation = distillation_loss  # the name used in PLAN.md
+
+
+def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                          mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Mean CE with integer labels for probes / classifiers.
+
+    logits [N, C], labels [N] int in [0, C), mask [N] (bool or float weights; padded examples
+    get 0 and count neither in the sum nor in the denominator). An all-zero mask gives 0.
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"softmax_cross_entropy: expected logits [N, C] and labels [N], got "
+                         f"logits{tuple(logits.shape)} and labels{tuple(labels.shape)}.")
+    ce = _cross_entropy_rows(logits.astype(jnp.float32), labels.astype(jnp.int32))  # [N]
+    if mask is None:
+        return jnp.mean(ce)
+    mask = mask.astype(jnp.float32)                                      # [N]
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int = 1) -> jnp.ndarray:
+    """[N] float32: 1 where the label is among the k largest logits (ties: lower index first,
+    as lax.top_k). Multiply by a mask and sum to count correct examples."""
+    k = min(int(k), logits.shape[-1])
+    _, top = jax.lax.top_k(logits.astype(jnp.float32), k)               # [N, k]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)

@@ -1,0 +1,256 @@
+"""Learning-rate scaling, training length, LR / EMA schedules, and the optimizers.
+
+All schedules are pure functions of the (possibly traced) integer step, returning float32
+scalars, so they can live inside the jitted train step and inside optax.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Schedule = Callable[[jnp.ndarray], jnp.ndarray]
+
+LR_SCALINGS = ("linear", "sqrt", "none")
+LR_SCHEDULES = ("cosine", "step", "constant")
+EMA_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+
+
+# ----------------------------------------------------------------------------- LR and length
+
+def scaled_lr(base_lr: float, batch_size: int, scaling: str = "linear") -> float:
+    """Peak LR from a per-recipe base LR.
+
+    "linear": base * B / 256 (SimCLR, MoCo, BYOL); "sqrt": base * sqrt(B) (SimCLR's small-batch
+    / long-training variant, e.g. 0.075 * sqrt(4096) = 4.8); "none": base as given.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}.")
+    if scaling == "linear":
+        return base_lr * batch_size / 256.0
+    if scaling == "sqrt":
+        return base_lr * math.sqrt(batch_size)
+    if scaling == "none":
+        return float(base_lr)
+    raise ValueError(f"unknown lr_scaling {scaling!r}; use one of {LR_SCALINGS}.")
+
+
+def resolve_steps(num_epochs: float | None = None, num_steps: int | None = None, *,
+                  examples_per_epoch: int, batch_size: int) -> int:
+    """Total optimizer steps from exactly one of num_epochs / num_steps.
+
+    One epoch is floor(examples_per_epoch / batch_size) steps (at least 1), like SimCLR's
+    `num_train_examples // batch_size` (the pipeline drops the incomplete last batch, so an
+    "epoch" never counts a partial batch). Fractional epochs round half up to whole steps,
+    with a minimum of 1 step.
+    """
+    if (num_epochs is None) == (num_steps is None):
+        raise ValueError("set exactly one of num_epochs and num_steps (got "
+                         f"num_epochs={num_epochs}, num_steps={num_steps}); e.g. "
+                         "--config.num_epochs=100 or --config.num_steps=10000.")
+    if examples_per_epoch <= 0:
+        raise ValueError(f"examples_per_epoch must be > 0, got {examples_per_epoch}.")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be > 0, got {batch_size}.")
+    if num_steps is not None:
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps <= 0:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+        return int(num_steps)
+    if not num_epochs > 0:
+        raise ValueError(f"num_epochs must be > 0, got {num_epochs!r}.")
+    steps_per_epoch = max(1, examples_per_epoch // batch_size)
+    return max(1, int(math.floor(num_epochs * steps_per_epoch + 0.5)))
+
+
+# ----------------------------------------------------------------------------- LR schedules
+
+def _check_lengths(total_steps: int, warmup_steps: int) -> None:
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}.")
+    if warmup_steps < 0 or (warmup_steps > 0 and warmup_steps >= total_steps):
+        raise ValueError(f"warmup_steps must be in [0, total_steps) = [0, {total_steps}), got "
+                         f"{warmup_steps}; shorten the warmup or train longer.")
+
+
+def _warmup(peak_lr: float, warmup_steps: int, t: jnp.ndarray) -> jnp.ndarray:
+    """Linear ramp lr(t) = peak * t / warmup (0 at step 0, peak at step `warmup`), like SimCLR."""
+    return peak_lr * t / max(warmup_steps, 1)
+
+
+def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
+    """lr(t) = peak * t / w for t < w, then peak * (1 + cos(pi * (t - w) / (T - w))) / 2.
+
+    0 at step 0, peak at step w, 0 at step T and after.
+    """
+    _check_lengths(total_steps, warmup_steps)
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        frac = jnp.clip((t - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
+        cosine = peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), cosine)
+
+    return schedule
+
+
+def step_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
+                  boundaries: Sequence[int], factor: float = 0.1) -> Schedule:
+    """Linear warmup, then peak * factor^(number of boundaries <= t) (MoCo v1: x0.1 at epochs
+    120 and 160 of 200). `boundaries` are absolute steps (make_lr_schedule converts epochs);
+    boundaries past total_steps are simply never reached."""
+    _check_lengths(total_steps, warmup_steps)
+    bounds = [int(b) for b in boundaries]
+    if any(b <= 0 for b in bounds) or sorted(bounds) != bounds:
+        raise ValueError(f"step-schedule boundaries must be positive and increasing, got "
+                         f"{tuple(boundaries)}.")
+    bounds_arr = jnp.asarray(bounds, jnp.float32).reshape(-1)  # [nb]
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        passed = jnp.sum((t >= bounds_arr).astype(jnp.float32))
+        stepped = peak_lr * jnp.power(jnp.float32(factor), passed)
+        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), stepped)
+
+    return schedule
+
+
+def constant_schedule(peak_lr: float, warmup_steps: int = 0) -> Schedule:
+    """Linear warmup to peak, then constant (linear-probe and debugging runs)."""
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t),
+                         jnp.float32(peak_lr))
+
+    return schedule
+
+
+def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                     boundaries: Sequence[float] = (), steps_per_epoch: int | None = None,
+                     factor: float = 0.1) -> Schedule:
+    """Schedule by name: "cosine" | "step" | "constant".
+
+    For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
+    step), otherwise absolute steps.
+    """
+    if name == "cosine":
+        return warmup_cosine_schedule(peak_lr, total_steps, warmup_steps)
+    if name == "constant":
+        _check_lengths(total_steps, warmup_steps)
+        return constant_schedule(peak_lr, warmup_steps)
+    if name == "step":
+        if not boundaries:
+            raise ValueError("lr_schedule='step' needs boundaries, e.g. "
+                             "--config.lr_boundaries_epochs='(120, 160)'.")
+        if steps_per_epoch is not None:
+            boundaries = [int(round(b * steps_per_epoch)) for b in boundaries]
+        return step_schedule(peak_lr, total_steps, warmup_steps, boundaries, factor)
+    raise ValueError(f"unknown lr_schedule {name!r}; use one of {LR_SCHEDULES}.")
+
+
+# ----------------------------------------------------------------------------- EMA
+
+def ema_momentum(step, total_steps: int, base: float, schedule: str = "constant") -> jnp.ndarray:
+    """Target-network EMA coefficient m at `step` (target = m * target + (1 - m) * online).
+
+    "constant": base (MoCo v1/v2: 0.999). "cosine": 1 - (1 - base) * (cos(pi * k / K) + 1) / 2,
+    from base at k = 0 to 1 at k = K (BYOL, MoCo v3); k is clipped to [0, K].
+    """
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"EMA base momentum must be in [0, 1], got {base}.")
+    if schedule == "constant":
+        return jnp.float32(base)
+    if schedule == "cosine":
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be > 0, got {total_steps}.")
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+        return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0
+    raise ValueError(f"unknown EMA schedule {schedule!r}; use one of {EMA_SCHEDULES}.")
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def _key_name(key) -> str:
+    """The name of one step of a pytree path (dict key, attribute or sequence index)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def weight_decay_mask(params, exclude: Sequence[str] = ("probe",)):
+    """Pytree of bools: True where weight decay (and LARS' trust ratio) applies.
+
+    True for arrays with ndim > 1 (kernels, embeddings) whose path contains no key equal to a
+    name in `exclude` (at any level). Biases and BN scale/bias are 1-D, so they are False;
+    the online probe (like SimCLR's supervised head) is excluded by name.
+    """
+    excluded = set(exclude)
+
+    def leaf_mask(path, x):
+        if any(_key_name(k) in excluded for k in path):
+            return False
+        return jnp.ndim(x) > 1
+
+    return jax.tree_util.tree_map_with_path(leaf_mask, params)
+
+
+def make_optimizer(opt_cfg, learning_rate, params_for_mask=None) -> optax.GradientTransformation:
+    """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
+    trust_coefficient, b1, b2, eps, decay_all, grad_clip_norm; optional ones via .get).
+
+    learning_rate: float or schedule (step -> lr). params_for_mask: if given, the decay mask is
+    computed once from it; otherwise it is computed from the updates tree at each step (same
+    structure, so the same mask).
+
+    "lars": optax.lars with weight decay and trust ratio masked by `weight_decay_mask`. optax's
+      order is g' = g + wd * w (masked); g'' = trust * g' (masked), trust = eta * ||w|| / ||g'||
+      (1 where either norm is 0); u = -lr * g''; m = u + mu * m; update = m (nesterov: u + mu * m).
+      The LR enters BEFORE the momentum trace, exactly like TF SimCLR's LARS; BYOL and MoCo v3
+      keep an LR-free momentum buffer (m = g'' + mu * m; update = -lr * m). The two are identical
+      at constant LR and differ only while the LR changes (warmup / decay).
+    "sgd": PyTorch-style SGD: g' = g + wd * w on every parameter (decay_all=True, the MoCo
+      reference) or only on masked ones, then an LR-free momentum buffer m = g' + mu * m and
+      update = -lr * m (nesterov: -lr * (g' + mu * m)).
+    "adamw": optax.adamw with decoupled weight decay on masked parameters only. (MoCo v3's ViT
+      reference uses torch AdamW on all parameters; the mask here follows the LARS convention.)
+    grad_clip_norm (optional): clip the global gradient norm first.
+    """
+    get = opt_cfg.get
+    name = get("name")
+    wd = float(get("weight_decay", 0.0) or 0.0)
+    if wd < 0:
+        raise ValueError(f"optimizer.weight_decay must be >= 0, got {wd}.")
+    if params_for_mask is not None:
+        mask = weight_decay_mask(params_for_mask)
+    else:
+        mask = lambda p: weight_decay_mask(p)  # noqa: E731  (optax calls it with the updates)
+    momentum = get("momentum", 0.9)
+    nesterov = bool(get("nesterov", False))
+
+    if name == "lars":
+        tx = optax.lars(learning_rate, weight_decay=wd, weight_decay_mask=mask,
+                        trust_coefficient=get("trust_coefficient", 1e-3),
+                        trust_ratio_mask=mask, momentum=momentum, nesterov=nesterov)
+    elif name == "sgd":
+        decay_mask = None if get("decay_all", True) else mask
+        tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
+                         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+    elif name == "adamw":
+        tx = optax.adamw(learning_rate, b1=get("b1", 0.9), b2=get("b2", 0.999),
+                         eps=get("eps", 1e-8), weight_decay=wd, mask=mask)
+    else:
+        raise ValueError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
+
+    clip = get("grad_clip_norm", None)
+    if clip is not None:
+        if clip <= 0:
+            raise ValueError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    return tx

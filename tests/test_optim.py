@@ -1,0 +1,270 @@
+"""Schedules against hand-computed values; optimizers against numpy re-implementations of the
+reference update rules (TF SimCLR LARS, PyTorch SGD, PyTorch AdamW) over several steps."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from simclr_jax import optim
+
+
+def _values(schedule, steps):
+    f = jax.jit(schedule)
+    return np.array([float(f(jnp.int32(s))) for s in steps])
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def test_warmup_cosine_schedule_closed_form():
+    peak, total, warm = 2.0, 100, 10
+    got = _values(optim.warmup_cosine_schedule(peak, total, warm), [0, 5, 10, 32, 55, 100, 150])
+    # 0 at start; halfway through warmup = peak/2; peak at the end of warmup; step 32 is 22/90
+    # of the way through the cosine; its middle (step 55) = peak/2; 0 at and after the end.
+    expected = [0.0, 1.0, 2.0, 1.0 + math.cos(math.pi * 22 / 90), 1.0, 0.0, 0.0]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cosine_without_warmup_starts_at_peak():
+    got = _values(optim.warmup_cosine_schedule(0.5, 40, 0), [0, 20, 40])
+    np.testing.assert_allclose(got, [0.5, 0.25, 0.0], atol=1e-7)
+
+
+def test_step_schedule_moco_v1():
+    # MoCo v1: 200 epochs, x0.1 at epochs 120 and 160; 5 steps per epoch here.
+    sched = optim.make_lr_schedule("step", peak_lr=0.03, total_steps=1000, warmup_steps=0,
+                                   boundaries=(120, 160), steps_per_epoch=5)
+    got = _values(sched, [0, 599, 600, 799, 800, 999])
+    np.testing.assert_allclose(got, [0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003], rtol=1e-6)
+    # Boundaries in steps, with warmup.
+    got = _values(optim.step_schedule(1.0, 100, 4, (50, 75)), [0, 2, 4, 49, 50, 75])
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 1.0, 0.1, 0.01], rtol=1e-6)
+
+
+def test_constant_schedule_and_dispatch():
+    got = _values(optim.make_lr_schedule("constant", peak_lr=0.4, total_steps=50,
+                                         warmup_steps=4), [0, 1, 4, 49])
+    np.testing.assert_allclose(got, [0.0, 0.1, 0.4, 0.4], rtol=1e-6)
+    got = _values(optim.make_lr_schedule("cosine", peak_lr=1.0, total_steps=10,
+                                         warmup_steps=0), [5])
+    np.testing.assert_allclose(got, [0.5], atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(name="linear"), "unknown lr_schedule"),
+    (dict(name="step"), "needs boundaries"),
+    (dict(name="cosine", warmup_steps=10), "warmup_steps"),
+    (dict(name="step", boundaries=(5, 3)), "increasing"),
+])
+def test_schedule_errors(kwargs, match):
+    args = dict(peak_lr=1.0, total_steps=10, warmup_steps=0)
+    args.update({k: v for k, v in kwargs.items() if k != "name"})
+    with pytest.raises(ValueError, match=match):
+        optim.make_lr_schedule(kwargs["name"], **args)
+
+
+def test_ema_momentum():
+    f = jax.jit(lambda s: optim.ema_momentum(s, 100, 0.99, "cosine"))
+    np.testing.assert_allclose([float(f(s)) for s in (0, 50, 100, 130)],
+                               [0.99, 0.995, 1.0, 1.0], rtol=1e-7)
+    np.testing.assert_allclose(float(f(25)), 1 - 0.01 * (math.cos(math.pi / 4) + 1) / 2,
+                               rtol=1e-7)
+    assert float(optim.ema_momentum(37, 100, 0.999, "constant")) == pytest.approx(0.999)
+    with pytest.raises(ValueError, match="unknown EMA"):
+        optim.ema_momentum(0, 100, 0.99, "linear")
+
+
+def test_scaled_lr():
+    assert optim.scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)
+    assert optim.scaled_lr(0.075, 4096, "sqrt") == pytest.approx(4.8)
+    assert optim.scaled_lr(0.03, 512, "none") == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="lr_scaling"):
+        optim.scaled_lr(0.3, 256, "quadratic")
+
+
+def test_resolve_steps():
+    kw = dict(examples_per_epoch=1000, batch_size=256)           # 3 full batches per epoch
+    assert optim.resolve_steps(num_epochs=10, **kw) == 30
+    assert optim.resolve_steps(num_epochs=0.5, **kw) == 2        # 1.5 rounds half up
+    assert optim.resolve_steps(num_steps=7, **kw) == 7
+    assert optim.resolve_steps(num_epochs=2, examples_per_epoch=100, batch_size=256) == 2
+    for bad in (dict(), dict(num_epochs=1, num_steps=3)):
+        with pytest.raises(ValueError, match="exactly one"):
+            optim.resolve_steps(**bad, **kw)
+    with pytest.raises(ValueError, match="num_epochs"):
+        optim.resolve_steps(num_epochs=0, **kw)
+    with pytest.raises(ValueError, match="num_steps"):
+        optim.resolve_steps(num_steps=-3, **kw)
+    with pytest.raises(ValueError, match="num_steps"):
+        optim.resolve_steps(num_steps=2.5, **kw)
+
+
+# ----------------------------------------------------------------------------- optimizers
+
+def _tree(rng, zero_kernel=True):
+    """The test tree; "zero/kernel" starts at 0 in params (LARS' zero-norm case), not in grads."""
+    r = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
+    return {"dense": {"kernel": r(3, 4), "bias": r(4)},
+            "bn": {"scale": r(4), "bias": r(4)},
+            "probe": {"kernel": r(4, 2), "bias": r(2)},
+            "zero": {"kernel": np.zeros((2, 2), np.float32) if zero_kernel else r(2, 2)}}
+
+
+DECAYED = {("dense", "kernel"), ("zero", "kernel")}   # kernels outside the probe
+
+
+def _flat(tree):
+    return {(a, b): np.asarray(v, np.float64) for a, sub in tree.items() for b, v in sub.items()}
+
+
+def _run_optax(tx, params, grads_seq):
+    params = jax.tree.map(jnp.asarray, params)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    for g in grads_seq:
+        params, state = step(params, state, g)
+    return _flat(params)
+
+
+def _grads(seed, steps):
+    return [_tree(np.random.default_rng(seed + i), zero_kernel=False) for i in range(steps)]
+
+
+def _lr(count):
+    return 0.1 * (count + 1)     # changes every step, so the LR-before-momentum order matters
+
+
+def _cfg(**kw):
+    return ml_collections.ConfigDict(kw)
+
+
+def test_weight_decay_mask():
+    mask = optim.weight_decay_mask(_tree(np.random.default_rng(0)))
+    assert mask == {"dense": {"kernel": True, "bias": False},
+                    "bn": {"scale": False, "bias": False},
+                    "probe": {"kernel": False, "bias": False},
+                    "zero": {"kernel": True}}
+    nested = {"encoder": {"probe": {"kernel": np.ones((2, 2))},
+                          "conv": {"kernel": np.ones((3, 3, 1, 2))}}}
+    assert optim.weight_decay_mask(nested) == {"encoder": {"probe": {"kernel": False},
+                                                           "conv": {"kernel": True}}}
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_matches_tf_simclr_reference(nesterov):
+    wd, eta, mu = 0.05, 1e-3, 0.9
+    params = _tree(np.random.default_rng(0))
+    grads_seq = _grads(10, 3)
+    cfg = _cfg(name="lars", weight_decay=wd, trust_coefficient=eta, momentum=mu,
+               nesterov=nesterov)
+    got = _run_optax(optim.make_optimizer(cfg, _lr), params, grads_seq)
+
+    # TF SimCLR LARSOptimizer (lars_optimizer.py), per variable, in float64:
+    #   g += wd * w                     (if weight decay applies)
+    #   trust = eta * |w| / |g| if |w| > 0 and |g| > 0 else 1   (if the trust ratio applies)
+    #   v = mu * v + lr * trust * g;  w -= v   (nesterov: w -= mu * v + lr * trust * g)
+    w, v = _flat(params), {k: 0.0 for k in _flat(params)}
+    for t, grads in enumerate(grads_seq):
+        for key, g in _flat(grads).items():
+            if key == ("zero", "kernel") and t == 0:
+                assert np.linalg.norm(w[key]) == 0.0   # exercises the zero-norm convention
+            trust = 1.0
+            if key in DECAYED:
+                g = g + wd * w[key]
+                wn, gn = np.linalg.norm(w[key]), np.linalg.norm(g)
+                trust = eta * wn / gn if (wn > 0 and gn > 0) else 1.0
+            scaled = _lr(t) * trust * g
+            v[key] = mu * v[key] + scaled
+            w[key] = w[key] - (mu * v[key] + scaled if nesterov else v[key])
+    for key in w:
+        np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=1e-6, err_msg=str(key))
+
+    # And the mask matters: biases / BN / probe moved by plain momentum SGD (no wd, no trust),
+    # kernels did not (trust 1e-3 makes their steps tiny).
+    plain = _flat(params)
+    buf = {k: 0.0 for k in plain}
+    for t, grads in enumerate(grads_seq):
+        for key, g in _flat(grads).items():
+            buf[key] = mu * buf[key] + _lr(t) * g
+            plain[key] = plain[key] - (mu * buf[key] + _lr(t) * g if nesterov else buf[key])
+    for key in w:
+        if key in DECAYED:
+            assert not np.allclose(got[key], plain[key], rtol=1e-3)
+        else:
+            np.testing.assert_allclose(got[key], plain[key], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_sgd_pytorch_style(decay_all):
+    wd, mu = 0.1, 0.9
+    params = _tree(np.random.default_rng(1))
+    grads_seq = _grads(20, 3)
+    cfg = _cfg(name="sgd", weight_decay=wd, momentum=mu, nesterov=False, decay_all=decay_all)
+    got = _run_optax(optim.make_optimizer(cfg, _lr), params, grads_seq)
+
+    # torch.optim.SGD: d = g + wd * w; buf = d (first step) else mu * buf + d; w -= lr * buf.
+    w, buf = _flat(params), {}
+    for t, grads in enumerate(grads_seq):
+        for key, g in _flat(grads).items():
+            d = g + wd * w[key] if (decay_all or key in DECAYED) else g
+            buf[key] = d if t == 0 else mu * buf[key] + d
+            w[key] = w[key] - _lr(t) * buf[key]
+    for key in w:
+        np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=1e-6, err_msg=str(key))
+
+
+def test_adamw_masked_decay():
+    wd, b1, b2, eps = 0.3, 0.9, 0.999, 1e-8
+    params = _tree(np.random.default_rng(2))
+    grads_seq = _grads(30, 3)
+    cfg = _cfg(name="adamw", weight_decay=wd, b1=b1, b2=b2, eps=eps)
+    got = _run_optax(optim.make_optimizer(cfg, _lr), params, grads_seq)
+
+    # float32 Adam steps are ~lr in size whatever the gradient, hence the absolute tolerance.
+    # torch.optim.AdamW (decoupled): w -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * w), with
+    # the wd term only on masked (kernel) parameters.
+    w = _flat(params)
+    m = {k: 0.0 for k in w}
+    v = {k: 0.0 for k in w}
+    for t, grads in enumerate(grads_seq):
+        for key, g in _flat(grads).items():
+            m[key] = b1 * m[key] + (1 - b1) * g
+            v[key] = b2 * v[key] + (1 - b2) * g * g
+            mh, vh = m[key] / (1 - b1 ** (t + 1)), v[key] / (1 - b2 ** (t + 1))
+            decay = wd * w[key] if key in DECAYED else 0.0
+            w[key] = w[key] - _lr(t) * (mh / (np.sqrt(vh) + eps) + decay)
+    for key in w:
+        np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=2e-5, err_msg=str(key))
+
+
+def test_grad_clip_and_params_for_mask():
+    params = _tree(np.random.default_rng(3))
+    grads = jax.tree.map(lambda g: 100.0 * g, _grads(40, 1)[0])
+    cfg = _cfg(name="sgd", weight_decay=0.0, momentum=0.0, grad_clip_norm=1.0)
+    got = _run_optax(optim.make_optimizer(cfg, 0.5), params, [grads])
+    flat_g = _flat(grads)
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in flat_g.values()))
+    for key, w0 in _flat(params).items():
+        np.testing.assert_allclose(got[key], w0 - 0.5 * flat_g[key] / norm, rtol=1e-5,
+                                   atol=1e-6)
+    # A precomputed mask (params_for_mask) gives the same LARS step as the callable mask.
+    cfg = _cfg(name="lars", weight_decay=0.1, trust_coefficient=1e-3, momentum=0.9)
+    a = _run_optax(optim.make_optimizer(cfg, 0.1), params, [grads])
+    b = _run_optax(optim.make_optimizer(cfg, 0.1, params_for_mask=params), params, [grads])
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-7)
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="lars.*sgd.*adamw"):
+        optim.make_optimizer(_cfg(name="adam", weight_decay=0.0), 0.1)
+    with pytest.raises(ValueError, match="grad_clip_norm"):
+        optim.make_optimizer(_cfg(name="sgd", weight_decay=0.0, grad_clip_norm=-1.0), 0.1)
