@@ -1,0 +1,56 @@
+"""Backbones (ResNet; ViT later), BatchNorm with optional groups, projection/prediction heads.
+
+`build_backbone(model_cfg)` is the one place a config turns into a backbone module, so methods,
+evaluation and export agree on the architecture.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from simclr_jax.models import heads, norm, resnet
+from simclr_jax.models.heads import LinearHead, MLPHead
+from simclr_jax.models.norm import BatchNorm
+from simclr_jax.models.resnet import ResNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def compute_dtype(name: Any) -> Any:
+    """'float32' | 'bfloat16' | 'float16' (or a dtype) -> jnp dtype, with a clear error."""
+    if not isinstance(name, str):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _build_resnet(cfg) -> nn.Module:
+    if cfg.get("depth", None) is None:
+        raise ValueError("model.depth is required for model.name='resnet' (18, 34, 50, ...)")
+    return ResNet(depth=int(cfg["depth"]), width_multiplier=float(cfg.get("width", 1.0)),
+                  stem=cfg.get("stem", "imagenet"), sk_ratio=float(cfg.get("sk_ratio", 0.0)),
+                  bn_group_size=cfg.get("bn_group_size", None),
+                  dtype=compute_dtype(cfg.get("dtype", "float32")))
+
+
+BACKBONES: Dict[str, Callable[[Any], nn.Module]] = {"resnet": _build_resnet}
+
+
+def build_backbone(model_cfg) -> nn.Module:
+    """Backbone module for `model_cfg` (a ConfigDict or dict-like with `.get`).
+
+    Fields: name ("resnet"), depth, width (multiplier), stem ("imagenet" | "cifar"),
+    sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name).
+    The returned module maps images [B, H, W, 3] to features [B, num_features].
+    """
+    name = model_cfg.get("name", None)
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model.name {name!r}; valid names: {sorted(BACKBONES)}")
+    return BACKBONES[name](model_cfg)
+
+
+__all__ = ["BACKBONES", "BatchNorm", "LinearHead", "MLPHead", "ResNet", "build_backbone",
+           "compute_dtype", "heads", "norm", "resnet"]
