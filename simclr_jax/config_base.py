@@ -52,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.stem = "cifar"                 # "cifar" (3x3/1, no maxpool) | "imagenet"
     c.model.sk_ratio = 0.0
     c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
+    c.model.dtype = "float32"              # compute dtype: "bfloat16" on TPU/GPU for speed
+    c.model.variant = "small"              # ViT: "small" | "base" | "tiny_test"
+    c.model.patch_size = 16                # ViT
+    c.model.stop_grad_patch_embed = False  # ViT: MoCo v3's frozen random patch projection
 
     c.head = ml_collections.ConfigDict()
     c.head.kind = "simclr"                 # simclr | moco_v1 | moco_v2 | moco_v3 | byol

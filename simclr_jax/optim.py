@@ -201,7 +201,8 @@ def weight_decay_mask(params, exclude: Sequence[str] = ("probe",)):
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
-def make_optimizer(opt_cfg, learning_rate, params_for_mask=None) -> optax.GradientTransformation:
+def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
+                   frozen_mask=None) -> optax.GradientTransformation:
     """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
     trust_coefficient, b1, b2, eps, decay_all, grad_clip_norm; optional ones via .get).
 
@@ -218,9 +219,12 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None) -> optax.Gradie
     "sgd": PyTorch-style SGD: g' = g + wd * w on every parameter (decay_all=True, the MoCo
       reference) or only on masked ones, then an LR-free momentum buffer m = g' + mu * m and
       update = -lr * m (nesterov: -lr * (g' + mu * m)).
-    "adamw": optax.adamw with decoupled weight decay on masked parameters only. (MoCo v3's ViT
-      reference uses torch AdamW on all parameters; the mask here follows the LARS convention.)
+    "adamw": optax.adamw with decoupled weight decay on every parameter (decay_all=True, as
+      MoCo v3's ViT reference does with torch AdamW) or on masked parameters only.
     grad_clip_norm (optional): clip the global gradient norm first.
+    frozen_mask (optional): pytree of bools (or a function of params); True leaves get a zero
+      update, so neither the gradient nor weight decay ever moves them (MoCo v3's frozen patch
+      projection).
     """
     get = opt_cfg.get
     name = get("name")
@@ -244,7 +248,8 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None) -> optax.Gradie
                          optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
     elif name == "adamw":
         tx = optax.adamw(learning_rate, b1=get("b1", 0.9), b2=get("b2", 0.999),
-                         eps=get("eps", 1e-8), weight_decay=wd, mask=mask)
+                         eps=get("eps", 1e-8), weight_decay=wd,
+                         mask=None if get("decay_all", True) else mask)
     else:
         raise ValueError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
 
@@ -253,4 +258,6 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None) -> optax.Gradie
         if clip <= 0:
             raise ValueError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    if frozen_mask is not None:
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen_mask))
     return tx

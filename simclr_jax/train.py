@@ -25,6 +25,7 @@ from simclr_jax.data import pipeline, sources
 from simclr_jax.evaluate import knn
 from simclr_jax.methods import get_method
 from simclr_jax.methods.network import SSLNetwork
+from simclr_jax.models import frozen_param_mask
 from simclr_jax.state import TrainState, select_tree, tree_all_finite
 
 
@@ -94,7 +95,7 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
                               opt_state=opt_state, **extras)
     new_state = method.after_update(network, config, new_state, total_steps)
 
-    finite = jnp.isfinite(loss) & tree_all_finite(grads)
+    finite = jnp.isfinite(loss) & tree_all_finite(grads) & tree_all_finite(params)
     new_state = select_tree(finite, new_state, state)
     metrics = {**metrics, "loss": loss, "learning_rate": lr_schedule(state.step),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
@@ -195,11 +196,13 @@ def _mean_metrics(history: list[dict]) -> dict:
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None) -> dict:
     """Pretrain with `config`, writing TensorBoard events and checkpoints under `workdir`.
 
-    Resumes automatically from the latest checkpoint in `workdir`. Returns the final metrics
-    (including kNN accuracy of the learned encoder and of the same encoder at initialisation).
+    Resumes automatically from the latest checkpoint in `workdir`. `stop_after_steps` ends this
+    invocation (with a checkpoint) after that many steps, for time-limited job slots; the next
+    invocation resumes. Returns the final metrics (including kNN accuracy of the learned encoder
+    and of the same encoder at initialisation).
     """
     validate_config(config)
     os.makedirs(workdir, exist_ok=True)
@@ -217,7 +220,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     total_steps, warmup_steps, lr_schedule = make_schedules(config, train_source.num_examples)
 
     network = method.build_network(config, num_classes)
-    tx = optim.make_optimizer(config.optimizer, lr_schedule)
+    tx = optim.make_optimizer(config.optimizer, lr_schedule,
+                              frozen_mask=lambda p: frozen_param_mask(config.model, p))
     init_rng = jax.random.PRNGKey(config.seed)
     state = create_train_state(config, network, tx, method, mesh, init_rng)
 
@@ -265,6 +269,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             report(step + 1)
             done = step + 1
             at_end = done == total_steps
+            if stop_after_steps is not None and done - start_step >= stop_after_steps:
+                stop.requested = True
             # Metrics are pulled to the host (a sync) only at log and checkpoint steps, and the
             # non-finite check runs before any checkpoint is written.
             if (done % config.log_every_steps == 0 or done % config.checkpoint_every_steps == 0

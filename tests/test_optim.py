@@ -221,16 +221,17 @@ def test_sgd_pytorch_style(decay_all):
         np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=1e-6, err_msg=str(key))
 
 
-def test_adamw_masked_decay():
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_adamw_decay(decay_all):
     wd, b1, b2, eps = 0.3, 0.9, 0.999, 1e-8
     params = _tree(np.random.default_rng(2))
     grads_seq = _grads(30, 3)
-    cfg = _cfg(name="adamw", weight_decay=wd, b1=b1, b2=b2, eps=eps)
+    cfg = _cfg(name="adamw", weight_decay=wd, b1=b1, b2=b2, eps=eps, decay_all=decay_all)
     got = _run_optax(optim.make_optimizer(cfg, _lr), params, grads_seq)
 
     # float32 Adam steps are ~lr in size whatever the gradient, hence the absolute tolerance.
     # torch.optim.AdamW (decoupled): w -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * w), with
-    # the wd term only on masked (kernel) parameters.
+    # the wd term on every parameter (decay_all, the MoCo v3 reference) or only on kernels.
     w = _flat(params)
     m = {k: 0.0 for k in w}
     v = {k: 0.0 for k in w}
@@ -239,7 +240,7 @@ def test_adamw_masked_decay():
             m[key] = b1 * m[key] + (1 - b1) * g
             v[key] = b2 * v[key] + (1 - b2) * g * g
             mh, vh = m[key] / (1 - b1 ** (t + 1)), v[key] / (1 - b2 ** (t + 1))
-            decay = wd * w[key] if key in DECAYED else 0.0
+            decay = wd * w[key] if (decay_all or key in DECAYED) else 0.0
             w[key] = w[key] - _lr(t) * (mh / (np.sqrt(vh) + eps) + decay)
     for key in w:
         np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=2e-5, err_msg=str(key))
@@ -268,3 +269,18 @@ def test_unknown_optimizer():
         optim.make_optimizer(_cfg(name="adam", weight_decay=0.0), 0.1)
     with pytest.raises(ValueError, match="grad_clip_norm"):
         optim.make_optimizer(_cfg(name="sgd", weight_decay=0.0, grad_clip_norm=-1.0), 0.1)
+
+
+def test_frozen_mask_gives_zero_updates_even_with_weight_decay():
+    params = _tree(np.random.default_rng(5))
+    grads_seq = _grads(50, 3)
+    frozen = jax.tree.map(lambda _: False, params)
+    frozen["dense"]["kernel"] = True
+    cfg = _cfg(name="adamw", weight_decay=0.5, b1=0.9, b2=0.999, eps=1e-8, decay_all=True)
+    got = _run_optax(optim.make_optimizer(cfg, _lr, frozen_mask=frozen), params, grads_seq)
+    before = _flat(params)
+    for key in before:
+        if key == ("dense", "kernel"):
+            np.testing.assert_array_equal(got[key], before[key])
+        else:
+            assert not np.allclose(got[key], before[key]), key

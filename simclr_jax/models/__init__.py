@@ -1,4 +1,4 @@
-"""Backbones (ResNet; ViT later), BatchNorm with optional groups, projection/prediction heads.
+"""Backbones (ResNet, ViT), BatchNorm with optional groups, projection/prediction heads.
 
 `build_backbone(model_cfg)` is the one place a config turns into a backbone module, so methods,
 evaluation and export agree on the architecture.
@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict
 import flax.linen as nn
 import jax.numpy as jnp
 
-from simclr_jax.models import heads, norm, resnet
+from simclr_jax.models import heads, norm, resnet, vit
 from simclr_jax.models.heads import LinearHead, MLPHead
 from simclr_jax.models.norm import BatchNorm
 from simclr_jax.models.resnet import ResNet
@@ -36,13 +36,33 @@ def _build_resnet(cfg) -> nn.Module:
                   dtype=compute_dtype(cfg.get("dtype", "float32")))
 
 
-BACKBONES: Dict[str, Callable[[Any], nn.Module]] = {"resnet": _build_resnet}
+VIT_VARIANTS = {"small": vit.vit_small, "base": vit.vit_base, "tiny_test": vit.vit_tiny_test}
+
+
+def _build_vit(cfg) -> nn.Module:
+    variant = cfg.get("variant", "small")
+    if variant not in VIT_VARIANTS:
+        raise ValueError(f"model.variant must be one of {sorted(VIT_VARIANTS)}, got {variant!r}")
+    return VIT_VARIANTS[variant](patch_size=int(cfg.get("patch_size", 16)),
+                                 stop_grad_patch_embed=bool(cfg.get("stop_grad_patch_embed",
+                                                                    False)),
+                                 dtype=compute_dtype(cfg.get("dtype", "float32")))
+
+
+def frozen_param_mask(model_cfg, params):
+    """True where a parameter must never move (MoCo v3's frozen random patch projection)."""
+    frozen = model_cfg.get("name") == "vit" and bool(model_cfg.get("stop_grad_patch_embed"))
+    return vit.frozen_param_mask(params, stop_grad_patch_embed=frozen)
+
+
+BACKBONES: Dict[str, Callable[[Any], nn.Module]] = {"resnet": _build_resnet, "vit": _build_vit}
 
 
 def build_backbone(model_cfg) -> nn.Module:
     """Backbone module for `model_cfg` (a ConfigDict or dict-like with `.get`).
 
-    Fields: name ("resnet"), depth, width (multiplier), stem ("imagenet" | "cifar"),
+    Fields: name ("resnet" | "vit"); ViT: variant ("small" | "base" | "tiny_test"), patch_size,
+    stop_grad_patch_embed; ResNet: depth, width (multiplier), stem ("imagenet" | "cifar"),
     sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name).
     The returned module maps images [B, H, W, 3] to features [B, num_features].
     """
@@ -53,4 +73,4 @@ def build_backbone(model_cfg) -> nn.Module:
 
 
 __all__ = ["BACKBONES", "BatchNorm", "LinearHead", "MLPHead", "ResNet", "build_backbone",
-           "compute_dtype", "heads", "norm", "resnet"]
+           "compute_dtype", "frozen_param_mask", "heads", "norm", "resnet", "vit"]
