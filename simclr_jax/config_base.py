@@ -13,6 +13,7 @@ from simclr_jax.data import aug_presets
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.mode = "pretrain"                    # pretrain | linear_eval | knn | finetune | distill
     c.method = "simclr"
     c.seed = 0
 

@@ -45,12 +45,29 @@ def main(argv):
 
     from simclr_jax import train
     try:
-        summary = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        summary = run_mode(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(format_summary(summary))
+
+
+MODES = {"linear_eval": "linear", "knn": "knn_mode", "finetune": "finetune",
+         "distill": "distill"}
+
+
+def run_mode(config, workdir):
+    """config.mode picks the job: pretraining or one of the evaluation protocols."""
+    import importlib
+
+    from simclr_jax import train
+    mode = config.get("mode", "pretrain")
+    if mode == "pretrain":
+        return train.train_and_evaluate(config, workdir)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: pretrain, {', '.join(MODES)}")
+    return importlib.import_module(f"simclr_jax.evaluate.{MODES[mode]}").run(config, workdir)
 
 
 def format_summary(summary: dict) -> str:
