@@ -1,0 +1,279 @@
+"""Per-image augmentations in TensorFlow with STATELESS randomness.
+
+Every random draw derives from the `seed` argument ([2] int), so a view is a pure function of
+(image, config, seed): a resumed run recomputes exactly the views an uninterrupted run saw, and
+tests can fix the seed. Sub-seeds are split once per image (`stateless_split`), one per decision.
+
+Policy (SimCLR / MoCo / BYOL): random resized crop (torchvision's algorithm: area U(min, max),
+log-uniform aspect, 10 attempts, centre-crop fallback) -> resize to S -> horizontal flip ->
+colour jitter with probability p (brightness, contrast, saturation, hue in random order, clip
+to [0, 1] after each) and grayscale (MoCo v1: grayscale first) -> Gaussian blur (per-image sigma,
+2*((S//10)//2)+1 taps, separable, reflect padding) -> solarize -> normalize.
+
+Choices that differ between references, and ours:
+- Resizing uses antialiasing when downscaling (like torchvision/PIL used by MoCo and BYOL; TF
+  SimCLR did not antialias). Upscaling, the usual CIFAR case, is unaffected.
+- Contrast and saturation follow TF SimCLR (`tf.image.adjust_contrast` per-channel mean,
+  HSV saturation), not torchvision's grayscale blends.
+- Blur sigma is drawn per image (TF SimCLR drew one per device batch).
+"""
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_RESIZE_METHODS = {
+    "bicubic": tf.image.ResizeMethod.BICUBIC,
+    "bilinear": tf.image.ResizeMethod.BILINEAR,
+    "nearest": tf.image.ResizeMethod.NEAREST_NEIGHBOR,
+    "area": tf.image.ResizeMethod.AREA,
+    "lanczos3": tf.image.ResizeMethod.LANCZOS3,
+}
+_CROP_ATTEMPTS = 10
+# Index of each decision's sub-seed in the per-image split.
+(_S_CROP, _S_FLIP, _S_JITTER_APPLY, _S_ORDER, _S_BRIGHT, _S_CONTRAST, _S_SAT, _S_HUE, _S_GRAY,
+ _S_BLUR_APPLY, _S_BLUR_SIGMA, _S_SOLARIZE) = range(12)
+_NUM_SEEDS = 12
+
+
+def _uniform(seed, shape=(), minval=0.0, maxval=1.0):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval)
+
+
+def split_seed(seed) -> tf.Tensor:
+    """[2] int seed -> [_NUM_SEEDS, 2] independent sub-seeds (one per random decision)."""
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=_NUM_SEEDS)
+
+
+# ----------------------------------------------------------------------------- crop
+
+def sample_crop_window(height, width, view_cfg, seed):
+    """torchvision RandomResizedCrop.get_params, vectorised over its 10 attempts.
+
+    Returns int32 scalars (y, x, h, w). Attempt t draws area ~ U(min, max) * H * W and
+    aspect = exp(U(log r_min, log r_max)); the first attempt whose rounded (w, h) fits wins and
+    gets a uniform offset. If none fits: centre crop of the whole image with its aspect clamped
+    to [r_min, r_max].
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = h_f * w_f * _uniform(seeds[0], [_CROP_ATTEMPTS], view_cfg.crop_area_min,
+                                view_cfg.crop_area_max)
+    log_lo = tf.math.log(float(view_cfg.crop_aspect_min))
+    log_hi = tf.math.log(float(view_cfg.crop_aspect_max))
+    aspect = tf.exp(_uniform(seeds[1], [_CROP_ATTEMPTS], log_lo, log_hi))
+    w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)                    # [10]
+    h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)                    # [10]
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)                      # [10]
+    first = tf.argmax(tf.cast(ok, tf.int32), output_type=tf.int32)
+    found = tf.reduce_any(ok)
+
+    # Fallback: the whole image with its aspect ratio clamped into range, centred.
+    in_ratio = w_f / h_f
+    r_lo, r_hi = float(view_cfg.crop_aspect_min), float(view_cfg.crop_aspect_max)
+    fb_w = tf.where(in_ratio > r_hi, tf.round(h_f * r_hi), w_f)
+    fb_h = tf.where(in_ratio < r_lo, tf.round(w_f / r_lo), h_f)
+    fb_w = tf.clip_by_value(tf.cast(fb_w, tf.int32), 1, width)
+    fb_h = tf.clip_by_value(tf.cast(fb_h, tf.int32), 1, height)
+
+    crop_h = tf.where(found, h[first], fb_h)
+    crop_w = tf.where(found, w[first], fb_w)
+    u = _uniform(seeds[2], [2])
+    # randint(0, H - h + 1) as floor(u * (H - h + 1)); min() guards u -> 1 rounding.
+    rand_y = tf.minimum(tf.cast(u[0] * tf.cast(height - crop_h + 1, tf.float32), tf.int32),
+                        height - crop_h)
+    rand_x = tf.minimum(tf.cast(u[1] * tf.cast(width - crop_w + 1, tf.float32), tf.int32),
+                        width - crop_w)
+    y = tf.where(found, rand_y, (height - crop_h) // 2)
+    x = tf.where(found, rand_x, (width - crop_w) // 2)
+    return y, x, crop_h, crop_w
+
+
+def resize(image, image_size: int, method: str):
+    """uint8/float [h, w, 3] -> float32 [S, S, 3] in [0, 1] (values scaled by 1/255 first)."""
+    if method not in _RESIZE_METHODS:
+        raise ValueError(f"resize_method={method!r}; choose one of {sorted(_RESIZE_METHODS)}.")
+    x = tf.cast(image, tf.float32) / 255.0
+    x = tf.image.resize(x, [image_size, image_size], method=_RESIZE_METHODS[method],
+                        antialias=method != "nearest")
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- colour
+
+def jitter_order(seed) -> tf.Tensor:
+    """A uniformly random permutation of the 4 jitter ops: [4] int32."""
+    return tf.argsort(_uniform(seed, [4]))  # int32
+
+
+def apply_in_order(x, fns, order):
+    """x -> fns[order[-1]](... fns[order[0]](x)); `order` is a runtime permutation tensor."""
+    for i in range(len(fns)):
+        x = tf.switch_case(order[i], [functools.partial(fn, x) for fn in fns])
+    return x
+
+
+def _factor_range(strength: float) -> tuple[float, float]:
+    return max(0.0, 1.0 - strength), 1.0 + strength
+
+
+def color_jitter(x, view_cfg, seeds):
+    """Brightness (x*f), contrast, saturation, hue in random order, clipping after each op.
+
+    Factors: brightness/contrast/saturation f ~ U[max(0, 1-s), 1+s], hue delta ~ U[-h, h].
+    An op with strength 0 is the identity (and costs nothing).
+    """
+    clip = lambda t: tf.clip_by_value(t, 0.0, 1.0)
+    ident = lambda t: t
+    fns = [ident, ident, ident, ident]
+    if view_cfg.brightness > 0:
+        f_b = _uniform(seeds[_S_BRIGHT], [], *_factor_range(view_cfg.brightness))
+        fns[0] = lambda t: clip(t * f_b)
+    if view_cfg.contrast > 0:
+        f_c = _uniform(seeds[_S_CONTRAST], [], *_factor_range(view_cfg.contrast))
+        fns[1] = lambda t: clip(tf.image.adjust_contrast(t, f_c))
+    if view_cfg.saturation > 0:
+        f_s = _uniform(seeds[_S_SAT], [], *_factor_range(view_cfg.saturation))
+        fns[2] = lambda t: clip(tf.image.adjust_saturation(t, f_s))
+    if view_cfg.hue > 0:
+        if view_cfg.hue > 0.5:
+            raise ValueError(f"hue={view_cfg.hue} must be in [0, 0.5] (a hue shift is mod 1).")
+        d_h = _uniform(seeds[_S_HUE], [], -view_cfg.hue, view_cfg.hue)
+        fns[3] = lambda t: clip(tf.image.adjust_hue(t, d_h))
+    return apply_in_order(x, fns, jitter_order(seeds[_S_ORDER]))
+
+
+def to_grayscale(x):
+    """[H, W, 3] -> luma replicated to 3 channels."""
+    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3])
+
+
+def _maybe(seed, prob: float, fn, x, use_cond: bool):
+    """fn(x) with probability prob; static 0/1 probabilities add no graph at all."""
+    if prob <= 0.0:
+        return x
+    if prob >= 1.0:
+        return fn(x)
+    apply = _uniform(seed) < prob
+    if use_cond:  # skip the work when not applied (expensive ops)
+        return tf.cond(apply, lambda: fn(x), lambda: x)
+    return tf.where(apply, fn(x), x)
+
+
+# ----------------------------------------------------------------------------- blur, solarize
+
+def blur_kernel_size(image_size: int) -> int:
+    """SimCLR's kernel: 10% of the side, made odd: 2*((S//10)//2)+1 taps (23 at 224, 3 at 32)."""
+    return 2 * ((image_size // 10) // 2) + 1
+
+
+def gaussian_blur(x, sigma, kernel_size: int):
+    """Separable Gaussian blur of [H, W, C] float with reflect padding; sigma may be a tensor."""
+    radius = kernel_size // 2
+    if radius == 0:
+        return x
+    t = tf.range(-radius, radius + 1, dtype=tf.float32)
+    k = tf.exp(-tf.square(t) / (2.0 * tf.square(tf.cast(sigma, tf.float32))))
+    k = k / tf.reduce_sum(k)                                                   # [K]
+    channels = tf.shape(x)[-1]
+    k_v = tf.tile(tf.reshape(k, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])  # [K,1,C,1]
+    k_h = tf.tile(tf.reshape(k, [1, kernel_size, 1, 1]), [1, 1, channels, 1])  # [1,K,C,1]
+    y = tf.pad(x, [[radius, radius], [radius, radius], [0, 0]], mode="REFLECT")[None]
+    y = tf.nn.depthwise_conv2d(y, k_v, strides=[1, 1, 1, 1], padding="VALID")
+    y = tf.nn.depthwise_conv2d(y, k_h, strides=[1, 1, 1, 1], padding="VALID")
+    return y[0]
+
+
+def solarize(x, threshold: float = 0.5):
+    return tf.where(x >= threshold, 1.0 - x, x)
+
+
+def normalize(x, how: str):
+    if how == "none":
+        return x
+    if how == "imagenet":
+        return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    raise ValueError(f"normalize={how!r}; use 'none' or 'imagenet'.")
+
+
+# ----------------------------------------------------------------------------- views
+
+def _after_crop(crop, view_cfg, image_size: int, seeds):
+    """Cropped uint8 [h, w, 3] -> the finished float32 view [S, S, 3]."""
+    x = resize(crop, image_size, view_cfg.resize_method)
+    x.set_shape([image_size, image_size, 3])
+    x = _maybe(seeds[_S_FLIP], view_cfg.flip_prob, lambda t: tf.reverse(t, axis=[1]), x, False)
+    jitter = lambda t: color_jitter(t, view_cfg, seeds)
+    gray = lambda t: _maybe(seeds[_S_GRAY], view_cfg.grayscale_prob, to_grayscale, t, False)
+    if view_cfg.grayscale_first:
+        x = gray(x)
+        x = _maybe(seeds[_S_JITTER_APPLY], view_cfg.jitter_prob, jitter, x, True)
+    else:
+        x = _maybe(seeds[_S_JITTER_APPLY], view_cfg.jitter_prob, jitter, x, True)
+        x = gray(x)
+    if view_cfg.blur_prob > 0:
+        sigma = _uniform(seeds[_S_BLUR_SIGMA], [], view_cfg.blur_sigma_min,
+                         view_cfg.blur_sigma_max)
+        size = blur_kernel_size(image_size)
+        x = _maybe(seeds[_S_BLUR_APPLY], view_cfg.blur_prob,
+                   lambda t: gaussian_blur(t, sigma, size), x, True)
+    x = _maybe(seeds[_S_SOLARIZE], view_cfg.solarize_prob, solarize, x, False)
+    return normalize(x, view_cfg.normalize)
+
+
+def augment_view(image, view_cfg, image_size: int, seed):
+    """uint8 [H, W, 3] -> float32 [S, S, 3]; the same seed gives the same view."""
+    seeds = split_seed(seed)
+    shape = tf.shape(image)
+    y, x, h, w = sample_crop_window(shape[0], shape[1], view_cfg, seeds[_S_CROP])
+    crop = tf.slice(image, tf.stack([y, x, 0]), tf.stack([h, w, 3]))
+    return _after_crop(crop, view_cfg, image_size, seeds)
+
+
+def decode(encoded):
+    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] (grayscale and RGBA become RGB)."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def augment_encoded(encoded, view_cfg, image_size: int, seed):
+    """Encoded bytes -> view; equals augment_view(decode(bytes)) for the same seed.
+
+    JPEGs take the fast path: only the crop window is decoded (`decode_and_crop_jpeg`).
+    """
+    seeds = split_seed(seed)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded)
+        y, x, h, w = sample_crop_window(shape[0], shape[1], view_cfg, seeds[_S_CROP])
+        return tf.io.decode_and_crop_jpeg(encoded, tf.stack([y, x, h, w]), channels=3)
+
+    def other():
+        image = decode(encoded)
+        shape = tf.shape(image)
+        y, x, h, w = sample_crop_window(shape[0], shape[1], view_cfg, seeds[_S_CROP])
+        return tf.slice(image, tf.stack([y, x, 0]), tf.stack([h, w, 3]))
+
+    crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    crop.set_shape([None, None, 3])
+    return _after_crop(crop, view_cfg, image_size, seeds)
+
+
+def eval_view(image, image_size: int, crop_fraction: float = 1.0, normalize_how: str = "none",
+              resize_method: str = "bicubic"):
+    """Deterministic view for evaluation: centre square crop of `crop_fraction` of the short
+    side (SimCLR: 0.875 above 32 px, none at CIFAR size), resize, normalize."""
+    shape = tf.shape(image)
+    short = tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)
+    side = tf.maximum(tf.cast(tf.round(short * crop_fraction), tf.int32), 1)
+    y, x = (shape[0] - side) // 2, (shape[1] - side) // 2
+    crop = tf.slice(image, tf.stack([y, x, 0]), tf.stack([side, side, 3]))
+    out = resize(crop, image_size, resize_method)
+    out.set_shape([image_size, image_size, 3])
+    return normalize(out, normalize_how)

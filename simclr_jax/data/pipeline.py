@@ -1,0 +1,258 @@
+"""tf.data input pipelines producing GLOBAL jax.Arrays sharded over the mesh's "data" axis.
+
+Determinism and resumption: element i of this process's infinite stream (i = step * local_batch
++ row) is fully determined by (seed, i): for random-access sources, epoch e = i // n is a
+stateless permutation of the process's examples (`index_shuffle` keyed by (seed, e)) and the
+views use stateless seeds folded from (seed, process, i, view). Starting at `start_step` simply
+starts the counter there: no record is read, decoded or augmented for the skipped steps, so a
+resumed run sees exactly the batches of an uninterrupted one. Streamed (large TFDS) sources skip
+whole epochs for free and read, without decoding, less than one epoch of records.
+
+Multi-host: each process builds its local batch (global // process_count rows) from its own
+share of the examples; `parallel.to_global` assembles the global array.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+from typing import Iterator, Optional
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from simclr_jax import parallel
+from simclr_jax.data import augment_tf, sources
+
+sources.keep_tf_off_accelerators()
+
+_NO_END = 2 ** 62                # the element counter of an "infinite" stream
+DEFAULT_SHUFFLE_BUFFER = 10_000  # streamed sources: record shuffle buffer (encoded bytes)
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def check_global_batch(global_batch_size: int, mesh, what: str) -> None:
+    """The global batch must split evenly over the devices (and so over the processes)."""
+    n_dev = mesh.devices.size
+    if global_batch_size <= 0 or global_batch_size % n_dev:
+        lower = max(n_dev, global_batch_size // n_dev * n_dev)
+        raise ValueError(
+            f"{what} global batch size {global_batch_size} does not divide over the {n_dev} "
+            f"devices (jax.device_count()={jax.device_count()}); use a multiple of {n_dev}, "
+            f"e.g. {lower} or {lower + n_dev}.")
+    if global_batch_size % jax.process_count():
+        raise ValueError(f"{what} global batch size {global_batch_size} does not divide over "
+                         f"{jax.process_count()} processes.")
+
+
+def _device_prefetch(batches, mesh, size: int = 2) -> Iterator[dict]:
+    """numpy local batches -> global jax.Arrays, transferring `size` batches ahead."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(parallel.to_global(mesh, batch))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def _element_seed(seed: int, process_index: int, i, view: int):
+    """Stateless [2] seed for view `view` of this process's element i."""
+    s = tf.constant([seed, process_index], tf.int64)
+    s = tf.random.experimental.stateless_fold_in(s, tf.cast(i, tf.int64))
+    return tf.random.experimental.stateless_fold_in(s, view)
+
+
+def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, process_index: int):
+    """(i, record, label) -> {"view1": ..., "label": ...}: decode + augment one element."""
+    use_bytes = source.storage != "array"
+
+    def make(i, record, label):
+        out = {"label": label}
+        if use_bytes:
+            encoded = source.encoded(record)
+        for k, cfg in enumerate(view_cfgs):
+            s = _element_seed(seed, process_index, i, k)
+            if use_bytes:  # JPEGs: decode only the crop window
+                view = augment_tf.augment_encoded(encoded, cfg, image_size, s)
+            else:
+                view = augment_tf.augment_view(record, cfg, image_size, s)
+            out[f"view{k + 1}"] = view
+        return out
+
+    return make
+
+
+def _gather_fn(source: sources.Source, local_indices: np.ndarray):
+    """Batched positions -> (records, labels), gathered in numpy (no copy of the dataset into
+    the TF graph)."""
+    images = source.images
+    dtype = tf.uint8 if source.storage == "array" else tf.string
+
+    def gather(pos):
+        def np_gather(p):
+            idx = local_indices[p]
+            return images[idx], source.labels[idx]
+        recs, labels = tf.numpy_function(np_gather, [pos], [dtype, tf.int32], stateful=False)
+        if source.storage == "array":
+            recs.set_shape([None, *source.image_shape])
+        else:
+            recs.set_shape([None])
+        labels.set_shape([None])
+        return recs, labels
+
+    return gather
+
+
+def _view_configs(aug_cfg, num_views: int) -> list:
+    cfgs = []
+    for k in range(1, num_views + 1):
+        if f"view{k}" not in aug_cfg:
+            raise ValueError(f"aug config has no 'view{k}' (needed for num_views={num_views}); "
+                             f"build it with aug_presets.two_views(...).")
+        cfgs.append(aug_cfg[f"view{k}"])
+    return cfgs
+
+
+def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
+                     image_size: int, seed: int, start_step: int = 0, mesh,
+                     num_views: int = 2,
+                     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> Iterator[dict]:
+    """Infinite iterator of {"view1".."viewK": f32 [B, S, S, 3], "label": int32 [B]} global
+    arrays; view k is drawn with aug_cfg.view{k}. Deterministic given (seed, start_step)."""
+    check_global_batch(global_batch_size, mesh, "pretraining")
+    if source.num_examples < global_batch_size:
+        raise ValueError(f"{source.name}:{source.split} has {source.num_examples} examples, "
+                         f"fewer than one global batch of {global_batch_size}; lower the batch "
+                         f"size.")
+    view_cfgs = _view_configs(aug_cfg, num_views)
+    pi, pc = jax.process_index(), jax.process_count()
+    local_batch = global_batch_size // pc
+    start = int(start_step) * local_batch
+    make = _view_fn(source, view_cfgs, image_size, seed, pi)
+    if source.random_access:
+        batches = _random_access_pretrain(source, make, local_batch, seed, start, pi, pc)
+    else:
+        batches = _streamed_pretrain(source, make, local_batch, seed, start, pi, pc,
+                                     shuffle_buffer)
+    return _device_prefetch(batches, mesh)
+
+
+def _random_access_pretrain(source, make, local_batch, seed, start, pi, pc):
+    # Strided shares keep every process class-balanced (folders are sorted by class); equal
+    # sizes keep the processes in lock-step (up to pc - 1 examples are never used).
+    n_local = source.num_examples // pc
+    local_indices = np.arange(source.num_examples)[pi::pc][:n_local]
+    if n_local < local_batch:
+        raise ValueError(f"each of the {pc} processes holds {n_local} examples, fewer than its "
+                         f"local batch of {local_batch}; lower the batch size.")
+    epoch_key = tf.constant([seed, pi], tf.int64)
+
+    def locate(i):  # element counter -> (i, position in this process's share)
+        epoch, pos = i // n_local, i % n_local
+        key = tf.random.experimental.stateless_fold_in(epoch_key, epoch)
+        return i, tf.random.experimental.index_shuffle(pos, key, n_local - 1)
+
+    gather = _gather_fn(source, local_indices)
+
+    def gather_batch(i, pos):
+        recs, labels = gather(pos)
+        return i, recs, labels
+
+    ds = tf.data.Dataset.range(start, _NO_END).map(locate).batch(local_batch)
+    ds = ds.map(gather_batch).unbatch()
+    ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options()).as_numpy_iterator()
+
+
+def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
+
+
+def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, shuffle_buffer):
+    """One tf.data pipeline per epoch, files and records shuffled with the epoch's seed.
+
+    An epoch is n_eff = (this process's examples rounded down to whole local batches), so
+    epochs and batches align: a resumed run starts at epoch start // n_eff, skipping
+    start % n_eff raw records of it. The < local_batch examples left out of an epoch are random
+    (cut after the shuffle) and differ between epochs.
+    """
+    n_local = min(source.stream_sizes(pc))
+    n_eff = n_local // local_batch * local_batch
+    if n_eff == 0:
+        raise ValueError(f"each of the {pc} processes holds {n_local} examples, fewer than its "
+                         f"local batch of {local_batch}; lower the batch size.")
+    epoch0, offset = divmod(start, n_eff)
+    make = tf.function(make)  # traced once, reused by every epoch's pipeline
+    for epoch in itertools.count(epoch0):
+        eseed = _epoch_seed(seed, epoch, pi)
+        ds = source.stream(pi, pc, eseed).take(n_local)
+        ds = ds.shuffle(min(shuffle_buffer, n_local), seed=eseed, reshuffle_each_iteration=False)
+        ds = ds.take(n_eff).enumerate(start=epoch * n_eff)
+        if epoch == epoch0 and offset:
+            ds = ds.skip(offset)  # raw records only: nothing decoded or augmented
+        ds = ds.map(lambda i, ex: make(i, ex["image"], ex["label"]),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        yield from ds.with_options(_options()).as_numpy_iterator()
+
+
+def eval_batches(source: sources.Source, *, global_batch_size: int, image_size: int, mesh,
+                 normalize: str = "none", crop_fraction: Optional[float] = None
+                 ) -> Iterator[dict]:
+    """One deterministic pass: {"image": f32 [B, S, S, 3], "label": int32 [B], "mask": bool [B]}.
+
+    Every example appears exactly once with mask True; the last batches are padded (mask False,
+    label -1). Centre crop of `crop_fraction` of the short side (default: 1.0 up to 32 px, else
+    SimCLR's 0.875), resize, then `normalize` ("none" | "imagenet": match the training views).
+    """
+    check_global_batch(global_batch_size, mesh, "evaluation")
+    if crop_fraction is None:
+        crop_fraction = 1.0 if image_size <= 32 else 0.875
+    pi, pc = jax.process_index(), jax.process_count()
+    local_batch = global_batch_size // pc
+
+    def view(image):
+        return augment_tf.eval_view(image, image_size, crop_fraction, normalize)
+
+    if source.random_access:
+        n = source.num_examples
+        steps = math.ceil(n / global_batch_size)
+        lo = pi * steps * local_batch        # this process's contiguous chunk of positions
+        gather = _gather_fn(source, np.arange(n))
+
+        def gather_batch(pos):
+            recs, labels = gather(tf.minimum(pos, n - 1))
+            return recs, labels, pos < n
+
+        def one(rec, label, mask):
+            return {"image": view(source.read(rec)), "label": tf.where(mask, label, -1),
+                    "mask": mask}
+
+        ds = tf.data.Dataset.range(lo, lo + steps * local_batch).batch(local_batch)
+        ds = ds.map(gather_batch).unbatch()
+    else:
+        sizes = source.stream_sizes(pc)
+        steps = math.ceil(max(sizes) / local_batch)
+        pad = steps * local_batch - sizes[pi]
+        ds = source.stream(pi, pc, None).map(lambda ex: (ex["image"], ex["label"], True))
+        padding = tf.data.Dataset.range(pad).map(
+            lambda _: (tf.constant(b"", tf.string), tf.constant(-1, tf.int32), False))
+        ds = ds.concatenate(padding)
+
+        def one(rec, label, mask):
+            image = tf.cond(mask, lambda: source.read(rec),
+                            lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
+            return {"image": view(image), "label": label, "mask": mask}
+
+    ds = ds.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _device_prefetch(ds.with_options(_options()).as_numpy_iterator(), mesh)
