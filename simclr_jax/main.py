@@ -82,15 +82,23 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run():
-    """Entry point; turns a mistyped config override into one clear line."""
+def _parse_flags(argv):
+    """absl flag parsing, with config mistakes (unknown key, bad value) as one clear line."""
     try:
-        app.run(main)
-    except AttributeError as e:  # ml_collections: unknown key on a locked config
-        if "Did you mean" in str(e) or "is not a key" in str(e) or "locked" in str(e):
-            print(f"error: unknown config key: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if any(line.startswith("Traceback") for line in lines):  # keep the cause, not the trace
+            lines = [lines[0], lines[-1]]
+        print("error: " + " ".join(lines), file=sys.stderr)
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        message = e.args[0] if e.args else str(e)
+        print(f"error: bad --config override: {message}".replace("\n", " "), file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ class KnnEvaluator:
 
     def _extract(self, source, params, batch_stats):
         batches = pipeline.eval_batches(source, global_batch_size=self.config.eval.batch_size,
-                                        image_size=self.config.dataset.image_size, mesh=self.mesh)
+                                        image_size=self.config.dataset.image_size, mesh=self.mesh,
+                                        normalize=self.config.aug.view1.normalize)
         fn = lambda images: self.features(params, batch_stats, images)
         return knn.extract_features(fn, batches)
 
