@@ -1,0 +1,40 @@
+"""Launch scripts: --dry-run prints the exact commands (gcloud / venv / trainer)."""
+import os
+import subprocess
+
+from tiny_configs import ROOT
+
+
+def dry(script, *args):
+    args = list(args)
+    cut = args.index("--") if "--" in args else len(args)   # options end at "--"
+    args = args[:cut] + ["--dry-run"] + args[cut:]
+    r = subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.replace("\\", "")  # drop printf %q escapes
+
+
+def test_tpu_vm_lifecycle_commands():
+    common = ["--name", "ssl", "--zone", "us-central2-b"]
+    assert "tpu-vm create ssl" in dry("tpu_vm.sh", "create", *common, "--type", "v4-32")
+    install = dry("tpu_vm.sh", "install", *common)
+    assert "--worker=all" in install and "pip install" in install
+    run = dry("tpu_vm.sh", "train", *common, "--config", "configs/simclr_v1.py:imagenet",
+              "--workdir", "gs://b/r", "--", "--config.batch_size=1024")
+    assert "--worker=all" in run and "simclr_jax.main" in run
+    assert "configs/simclr_v1.py:imagenet" in run and "--config.batch_size=1024" in run
+    assert "tensorboard" in dry("tpu_vm.sh", "tensorboard", *common, "--workdir", "gs://b/r")
+    assert "tpu-vm delete ssl" in dry("tpu_vm.sh", "delete", *common)
+
+
+def test_gpu_host_commands():
+    out = dry("gpu_host.sh", "--config", "configs/moco_v2.py:cifar10", "--workdir", "/tmp/w")
+    assert "jax[cuda12]" in out.replace("\\", "")
+    assert "simclr_jax.main --config configs/moco_v2.py:cifar10 --workdir /tmp/w" in out
+
+
+def test_missing_arguments_fail_clearly():
+    r = subprocess.run(["bash", os.path.join(ROOT, "launch", "tpu_vm.sh"), "create"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--name and --zone are required" in r.stderr
