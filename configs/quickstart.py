@@ -24,7 +24,7 @@ def get_config(arg=None):
     c.head.hidden_dim = 128
     c.head.out_dim = 64
     c.batch_size = 128
-    c.num_steps = 300
+    c.num_steps = 150
     c.warmup_epochs = 2.0
     c.optimizer.name = "lars"
     c.optimizer.base_lr = 1.0
@@ -33,9 +33,9 @@ def get_config(arg=None):
     c.loss.temperature = 0.5
     view = aug_presets.simclr(strength=0.5, blur_prob=0.0, crop_area_min=0.25)
     c.aug = aug_presets.two_views(view, view)
-    c.eval.every_steps = 100
+    c.eval.every_steps = 50
     c.eval.knn_k = 20
     c.eval.knn_temperature = 0.1
     c.log_every_steps = 20
-    c.checkpoint_every_steps = 100
+    c.checkpoint_every_steps = 50
     return c

@@ -97,3 +97,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.log_images = True
     return c
+
+
+def load_config_file(path: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(preset) of a config file, as `--config path[:preset]` would load it."""
+    import importlib.util
+    import os
+
+    name = "simclr_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset) if preset is not None else module.get_config()

@@ -34,6 +34,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax  # after flag parsing so --help is fast
 
+    # Checkpointing libraries log every save step at INFO; keep the console for our metrics.
+    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+
     if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_host_environment()):
         jax.distributed.initialize()
     logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),

@@ -1,16 +1,13 @@
 """Load the real config files and shrink them to test size (tiny backbone, tiny images)."""
-import importlib.util
 import os
+
+from simclr_jax.config_base import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(file: str, preset: str | None = None):
-    path = os.path.join(ROOT, "configs", file)
-    spec = importlib.util.spec_from_file_location(f"cfg_{file[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset) if preset is not None else module.get_config()
+    return load_config_file(os.path.join(ROOT, "configs", file), preset)
 
 
 def shrink(c, *, batch_size=16, image_size=16, steps=2):

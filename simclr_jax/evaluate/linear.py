@@ -1,0 +1,102 @@
+"""Offline linear evaluation: a linear classifier on a frozen, pretrained backbone.
+
+    python -m simclr_jax.main --config configs/linear_eval.py:simclr \
+        --config.init_from=runs/pretrain --workdir runs/pretrain_linear
+
+The backbone runs in BN inference mode (running statistics) on stop-gradient features, and it
+lives in `state.frozen`, outside the optimised pytree: neither the gradient, nor weight decay,
+nor a BN update can reach it, so after training it is bit-identical to the checkpoint (MoCo's
+sanity check, asserted in tests). Only the linear layer (Dense with bias) trains, with random
+resized crop + flip augmentation; top-1/top-5 are exact over the evaluation split.
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+
+from simclr_jax import optim, parallel, train
+from simclr_jax.data import sources
+from simclr_jax.evaluate import classifier as clf
+from simclr_jax.evaluate import supervised
+
+RESULTS = "linear_eval.json"
+
+
+def linear_task(module: clf.Classifier) -> supervised.Task:
+    """Logits of `module` with the frozen part from state.frozen["model"], BN in eval mode."""
+    def forward(params, batch_stats, frozen, images, train):
+        variables = clf.merge(frozen["model"], params, {})
+        logits = module.apply(variables, images, train=False, freeze_features=True)
+        return logits, batch_stats                         # nothing to update: stats stay {}
+
+    return supervised.classification_task(forward)
+
+
+def split_frozen(variables: dict) -> tuple[dict, dict]:
+    """Full classifier variables -> (trainable head params, frozen {"params", "batch_stats"})."""
+    params = dict(variables["params"])
+    head = {clf.HEAD: params.pop(clf.HEAD)}
+    return head, {"params": params, "batch_stats": variables.get("batch_stats", {})}
+
+
+def create_state(module: clf.Classifier, variables: dict, tx, rng, mesh):
+    """Linear-eval state: params = the head only; the rest of `variables` is frozen."""
+    head, frozen = split_frozen(variables)
+    return supervised.create_state(head, {}, {"model": frozen}, tx, rng, mesh)
+
+
+def run(config, workdir: str) -> dict:
+    """Linear evaluation of the pretraining run in config.init_from; writes linear_eval.json."""
+    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
+    ds = supervised.resolve_dataset(config.dataset, {
+        "name": pre.dataset.name, "data_dir": pre.dataset.get("data_dir"),
+        "train_split": pre.dataset.train_split, "eval_split": pre.dataset.knn_test_split,
+        "image_size": pre.dataset.image_size})
+    mesh = parallel.make_mesh()
+    parallel.check_batch_divisible(config.batch_size, mesh)
+    parallel.check_batch_divisible(config.eval.batch_size, mesh)
+    train_source = sources.get_source(ds.name, ds.train_split, ds.data_dir)
+    eval_source = sources.get_source(ds.name, ds.eval_split, ds.data_dir)
+    supervised.require_labels(train_source, "linear evaluation")
+    normalize = pre.aug.view1.get("normalize", "none")
+
+    meta = clf.describe(pre.model, num_classes=train_source.num_classes,
+                        image_size=ds.image_size, normalize=normalize,
+                        zero_init=config.classifier.zero_init,
+                        extra={"protocol": "linear_eval", "init_from": config.init_from,
+                               "dataset": ds.to_dict(),
+                               "pretrain_dataset": pre.dataset.to_dict()})
+    module = clf.build(meta)
+    rng = jax.random.PRNGKey(config.seed)
+    variables = clf.init_variables(module, arrays, rng, ds.image_size)
+    total_steps, _, schedule = train.make_schedules(config, train_source.num_examples)
+    tx = optim.make_optimizer(config.optimizer, schedule)
+    state = create_state(module, variables, tx, jax.random.fold_in(rng, 1), mesh)
+
+    supervised.write_config(workdir, config)
+    clf.write_description(workdir, meta)
+    task = linear_task(module)
+    view = supervised.crop_flip_view(config.aug.view1, normalize)
+    writer = supervised.make_writer(workdir)
+    logging.info("Linear evaluation: %d steps on %s:%s, eval on %s (%d examples).", total_steps,
+                 ds.name, ds.train_split, ds.eval_split, eval_source.num_examples)
+    state, results = supervised.fit(
+        state, train_step=supervised.make_train_step(mesh, task, tx, schedule),
+        eval_step=supervised.make_eval_step(mesh, task),
+        train_batches_from=lambda start: supervised.train_batches(
+            train_source, view, batch_size=config.batch_size, image_size=ds.image_size,
+            seed=config.seed, mesh=mesh, start_step=start),
+        eval_batches_fn=lambda: supervised.eval_batches(
+            eval_source, batch_size=config.eval.batch_size, image_size=ds.image_size,
+            normalize=normalize, mesh=mesh),
+        total_steps=total_steps, workdir=workdir, writer=writer,
+        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
+        keep_checkpoints=config.keep_checkpoints, eval_every=config.eval.get("every_steps"))
+    results.update({"protocol": "linear_eval", "init_from": config.init_from,
+                    "pretrain_step": int(jax.device_get(arrays["step"])),
+                    "dataset": ds.name, "eval_split": ds.eval_split,
+                    "eval_split_size": eval_source.num_examples,
+                    "num_train_examples": train_source.num_examples})
+    supervised.write_json(workdir, RESULTS, results)
+    return results

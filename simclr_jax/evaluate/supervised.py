@@ -1,0 +1,316 @@
+"""The supervised loop shared by linear evaluation, fine-tuning and distillation.
+
+Every protocol is "a frozen part + a trainable part, one jitted step over the mesh, an exact
+masked evaluation pass, results to JSON and TensorBoard". They differ only in their `Task`
+(how the loss and the logits are computed), so the loop, the step and the evaluation live here.
+
+What cannot change is kept out of reach: the optimiser and the gradient see `state.params` only;
+`state.frozen` (a pretrained backbone, a teacher) is read by the task and passed through unchanged,
+so it stays bit-identical however the task is written.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import logging
+import os
+from typing import Any, Callable, Iterator, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metric_writers
+
+from simclr_jax import checkpoint, losses, parallel
+from simclr_jax.state import select_tree, tree_all_finite
+
+
+@flax.struct.dataclass
+class SupervisedState:
+    step: jax.Array      # [] int32 optimizer steps taken
+    params: Any          # the trainable parameters: the only pytree the optimiser updates
+    batch_stats: Any     # BN statistics of the trainable part ({} when its BN runs in eval mode)
+    opt_state: Any
+    rng: jax.Array       # [2] uint32; per-step keys are fold_in(rng, step)
+    frozen: Any          # {"model": frozen part of the classifier} and/or {"teacher": variables}
+
+    def to_dict(self) -> dict:
+        """Checkpointable view (empty subtrees left out; orbax needs no placeholders for them)."""
+        return {k: v for k, v in vars(self).items() if jax.tree.leaves(v)}
+
+    def replace_from_dict(self, d: dict) -> "SupervisedState":
+        return self.replace(**d)
+
+
+def create_state(params, batch_stats, frozen, tx, rng, mesh) -> SupervisedState:
+    """Host/device trees -> a state replicated over the mesh (frozen values copied bit-exactly)."""
+    state = SupervisedState(step=jnp.zeros((), jnp.int32), params=params,
+                            batch_stats=batch_stats, opt_state=tx.init(params), rng=rng,
+                            frozen=frozen)
+    return parallel.replicate(mesh, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """loss(params, batch_stats, frozen, batch {"image", "label"}, rng)
+           -> (loss, (new batch_stats, metrics dict))
+    predict(params, batch_stats, frozen, images [B, H, W, 3])
+           -> {"logits": [B, C]} (+ "teacher_logits": [B, C] to measure agreement)"""
+    loss: Callable
+    predict: Callable
+
+
+def classification_task(forward: Callable) -> Task:
+    """Cross-entropy on labels. forward(params, batch_stats, frozen, images, train)
+    -> (logits [B, C], new batch_stats)."""
+    def loss(params, batch_stats, frozen, batch, rng):
+        logits, new_stats = forward(params, batch_stats, frozen, batch["image"], True)
+        ce = losses.softmax_cross_entropy(logits, batch["label"])
+        acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+        return ce, (new_stats, {"train_accuracy": acc})
+
+    def predict(params, batch_stats, frozen, images):
+        return {"logits": forward(params, batch_stats, frozen, images, False)[0]}
+
+    return Task(loss=loss, predict=predict)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _train_step(state: SupervisedState, batch, *, task: Task, tx, lr_schedule):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        return task.loss(params, state.batch_stats, state.frozen, batch, rng)
+
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & tree_all_finite(grads)
+    # A non-finite step leaves the state as it was; the host stops at the next log step.
+    new = select_tree(finite, dict(params=params, batch_stats=batch_stats, opt_state=opt_state),
+                      dict(params=state.params, batch_stats=state.batch_stats,
+                           opt_state=state.opt_state))
+    metrics = {**metrics, "loss": loss, "learning_rate": lr_schedule(state.step),
+               "grad_norm": optax.global_norm(grads),
+               "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    return state.replace(step=state.step + 1, **new), metrics
+
+
+def make_train_step(mesh, task: Task, tx, lr_schedule):
+    """(state, batch) -> (state, metrics): state replicated and donated, batch sharded."""
+    return jax.jit(functools.partial(_train_step, task=task, tx=tx, lr_schedule=lr_schedule),
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                   donate_argnums=0)
+
+
+def _eval_step(state: SupervisedState, batch, *, task: Task):
+    out = task.predict(state.params, state.batch_stats, state.frozen, batch["image"])
+    logits, labels = out["logits"], batch["label"]                     # [B, C], [B]
+    mask = batch["mask"].astype(jnp.int32)                              # [B] 0 on padding
+    count = lambda hits: jnp.sum(hits.astype(jnp.int32) * mask)        # noqa: E731
+    sums = {"num_examples": jnp.sum(mask),
+            "top1_correct": count(losses.topk_correct(logits, labels, 1))}
+    if logits.shape[-1] >= 5:
+        sums["top5_correct"] = count(losses.topk_correct(logits, labels, 5))
+    if "teacher_logits" in out:
+        teacher = out["teacher_logits"]                                   # [B, C]
+        sums["agree"] = count(jnp.argmax(logits, -1) == jnp.argmax(teacher, -1))
+        sums["teacher_top1_correct"] = count(losses.topk_correct(teacher, labels, 1))
+    return sums
+
+
+def make_eval_step(mesh, task: Task):
+    """(state, batch with "mask") -> replicated int32 counts over the real (unmasked) rows."""
+    return jax.jit(functools.partial(_eval_step, task=task),
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=parallel.replicated(mesh))
+
+
+def evaluate(eval_step, state: SupervisedState, batches) -> dict:
+    """Exact accuracy over one pass of padded eval batches: every real example counted once.
+
+    Returns {"top1", ["top5" (>= 5 classes)], ["agreement", "teacher_top1" with a teacher],
+    "num_eval_examples"}; agreement = fraction of examples where student and teacher argmax agree.
+    """
+    totals = None
+    for batch in batches:
+        sums = eval_step(state, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+        raise ValueError("the evaluation split produced no batches; check dataset.eval_split.")
+    totals = {k: int(v) for k, v in jax.device_get(totals).items()}
+    n = totals["num_examples"]
+    if n == 0:
+        raise ValueError("the evaluation split is empty.")
+    out = {"top1": totals["top1_correct"] / n, "num_eval_examples": n}
+    if "top5_correct" in totals:
+        out["top5"] = totals["top5_correct"] / n
+    if "agree" in totals:
+        out["agreement"] = totals["agree"] / n
+        out["teacher_top1"] = totals["teacher_top1_correct"] / n
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+
+def crop_flip_view(view_cfg, normalize: str):
+    """The evaluation protocols' training augmentation: random resized crop + flip only.
+
+    A copy of `view_cfg` (crop area/aspect, flip prob.) with every colour/blur op switched off
+    and the normalisation the encoder was pretrained with."""
+    view = copy.deepcopy(view_cfg)
+    view.jitter_prob = 0.0
+    view.grayscale_prob = 0.0
+    view.blur_prob = 0.0
+    view.solarize_prob = 0.0
+    view.normalize = normalize
+    return view
+
+
+def resolve_dataset(ds, inherit: dict):
+    """The protocol's dataset: fields left unset (None) come from `inherit` (the pretraining /
+    teacher run). A different dataset name inherits no splits: train defaults to "train" and
+    eval_split must be given."""
+    import ml_collections
+    same = ds.get("name") in (None, inherit.get("name"))
+    out = {}
+    for key in ("name", "data_dir", "train_split", "eval_split", "image_size"):
+        value = ds.get(key)
+        if value is None and (same or key in ("data_dir", "image_size")):
+            value = inherit.get(key)
+        out[key] = value
+    if out["train_split"] is None:
+        out["train_split"] = "train"
+    if not out["name"]:
+        raise ValueError("no dataset: set --config.dataset.name (or leave it unset to use the "
+                         "pretraining run's dataset).")
+    if not out["eval_split"]:
+        raise ValueError(f"set --config.dataset.eval_split for {out['name']!r} (e.g. 'test' or "
+                         f"'validation').")
+    if not out["image_size"]:
+        raise ValueError("set --config.dataset.image_size.")
+    return ml_collections.ConfigDict(out)
+
+
+def require_labels(source, what: str) -> None:
+    if not source.num_classes:
+        raise ValueError(f"{what} needs a labelled dataset, but {source.name}:{source.split} has "
+                         f"no labels; point --config.dataset.name/train_split at labelled data.")
+
+
+def train_batches(source, view_cfg, *, batch_size: int, image_size: int, seed: int, mesh,
+                  start_step: int = 0) -> Iterator[dict]:
+    """{"image": [B, S, S, 3], "label": [B]} global batches, one augmented view per example."""
+    from simclr_jax.data import aug_presets, pipeline
+    aug = aug_presets.two_views(view_cfg, view_cfg)
+    for b in pipeline.pretrain_batches(source, aug, global_batch_size=batch_size,
+                                       image_size=image_size, seed=seed, start_step=start_step,
+                                       mesh=mesh, num_views=1):
+        yield {"image": b["view1"], "label": b["label"]}
+
+
+def eval_batches(source, *, batch_size: int, image_size: int, normalize: str, mesh):
+    from simclr_jax.data import pipeline
+    return pipeline.eval_batches(source, global_batch_size=batch_size, image_size=image_size,
+                                 mesh=mesh, normalize=normalize)
+
+
+# ----------------------------------------------------------------------------- loop
+
+def _mean(history: list) -> dict:
+    host = jax.device_get(history)
+    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Callable,
+        eval_batches_fn: Callable, total_steps: int, workdir: Optional[str] = None,
+        writer=None, log_every: int = 50, checkpoint_every: Optional[int] = None,
+        keep_checkpoints: int = 2, eval_every: Optional[int] = None,
+        eval_at_start: bool = False):
+    """Train `state` to `total_steps`, then evaluate. Returns (state, results).
+
+    train_batches_from(start_step) -> iterator of train batches; eval_batches_fn() -> one pass.
+    With a workdir, checkpoints go to workdir/checkpoints and a rerun resumes from the latest.
+    eval_at_start also scores the state as given (before training) as "<metric>_init".
+    """
+    from simclr_jax.train import NonFiniteLossError
+
+    results: dict = {}
+    if eval_at_start:
+        init = evaluate(eval_step, state, eval_batches_fn())
+        results.update({f"{k}_init": v for k, v in init.items() if k != "num_eval_examples"})
+    manager = None
+    if workdir is not None:
+        manager = checkpoint.make_manager(workdir, keep_checkpoints)
+        restored = checkpoint.restore_latest(manager, state)
+        if restored is not None:
+            state = restored
+            logging.info("Resumed from checkpoint at step %d.", int(state.step))
+    start = int(jax.device_get(state.step))
+    checkpoint_every = checkpoint_every or total_steps
+    batches = train_batches_from(start) if start < total_steps else iter(())
+    history: list = []
+    try:
+        for step in range(start, total_steps):
+            state, metrics = train_step(state, next(batches))
+            history.append(metrics)
+            done = step + 1
+            at_end = done == total_steps
+            if done % log_every == 0 or at_end or done % checkpoint_every == 0:
+                summary = _mean(history)
+                history = []
+                if summary["nonfinite"] > 0:
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient before step {done}; those steps were "
+                        f"skipped and not saved. Lower --config.optimizer.base_lr.")
+                if writer is not None:
+                    writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
+                results.update({f"train_{k}": v for k, v in summary.items()
+                                if k in ("loss", "train_accuracy")})
+            if eval_every and done % eval_every == 0 and not at_end:
+                metrics = evaluate(eval_step, state, eval_batches_fn())
+                if writer is not None:
+                    writer.write_scalars(done, {f"eval/{k}": v for k, v in metrics.items()})
+            if manager is not None and (done % checkpoint_every == 0 or at_end):
+                checkpoint.save(manager, state)
+    finally:
+        if manager is not None:
+            manager.wait_until_finished()
+    final = evaluate(eval_step, state, eval_batches_fn())
+    results.update(final)
+    results["step"] = int(jax.device_get(state.step))
+    if writer is not None:
+        writer.write_scalars(results["step"], {f"eval/{k}": v for k, v in final.items()})
+        writer.flush()
+    return state, results
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def make_writer(workdir: str):
+    return metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() != 0)
+
+
+def write_json(workdir: str, name: str, payload: dict) -> str:
+    """workdir/name (chief only); returns the path."""
+    path = os.path.join(workdir, name)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True, default=str)
+    return path
+
+
+def write_config(workdir: str, config) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
