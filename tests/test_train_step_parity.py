@@ -53,6 +53,8 @@ def test_eight_devices_equal_one_device(file, preset):
         a, b = getattr(s8, name), getattr(s1, name)
         if a is None:
             continue
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6,
+        # Float reduction order differs between 8 and 1 devices; LARS' trust ratio and two
+        # steps amplify it to ~1e-5. Per-device BN or per-device negatives differ by >1e-2.
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=3e-5,
                                                              err_msg=name), a, b)
     assert int(s8.step) == 2

@@ -21,6 +21,8 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
     if c.model.name == "vit":
         c.model.variant = "tiny_test"
         c.model.patch_size = 4
+    elif c.model.sk_ratio > 0:   # Selective Kernels live in bottleneck blocks (+ ResNet-D stem)
+        c.model.depth, c.model.width, c.model.stem = 50, 0.125, "imagenet"
     else:
         c.model.depth, c.model.width, c.model.stem = 18, 0.125, "cifar"
     if c.model.get("bn_group_size") is not None:
