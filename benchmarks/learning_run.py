@@ -17,6 +17,7 @@ import platform
 import time
 
 import jax
+from absl import logging
 
 from simclr_jax import train
 from simclr_jax.config_base import load_config_file
@@ -39,6 +40,8 @@ def main():
     p.add_argument("--workdir", required=True)
     p.add_argument("--set", action="append", default=[], help="key=value config override")
     a = p.parse_args()
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
 
     path, _, preset = a.config.partition(":")
     c = load_config_file(path, preset or None)

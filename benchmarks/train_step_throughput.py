@@ -45,13 +45,18 @@ def load(case):
     return c
 
 
-def flops_per_step(step_fn, state, batch) -> float | None:
+def compile_step(step_fn, state, batch):
+    """(compiled step, compile seconds, XLA's FLOP count per step or None)."""
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    seconds = time.perf_counter() - t0
     try:
-        cost = step_fn.lower(state, batch).compile().cost_analysis()
+        cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0)) or None
+        flops = float(cost.get("flops", 0.0)) or None
     except Exception:  # cost analysis is best-effort on some backends
-        return None
+        flops = None
+    return compiled, seconds, flops
 
 
 def measure(case: str, steps: int) -> dict:
@@ -71,11 +76,9 @@ def measure(case: str, steps: int) -> dict:
         "view1": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
         "view2": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
         "label": rng.integers(0, 10, size=(B,)).astype(np.int32)})
-    flops = flops_per_step(step, state, batch)
-    t0 = time.perf_counter()
-    state, m = step(state, batch)
+    step, compile_s, flops = compile_step(step, state, batch)
+    state, m = step(state, batch)          # warm-up
     jax.block_until_ready(m["loss"])
-    compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         state, m = step(state, batch)
