@@ -6,7 +6,7 @@
 Unset fields come from the pretraining run: its dataset, kNN memory bank / test splits, image
 size, k and temperature. Override e.g. --config.eval.knn_k=20 --config.init_step=50000, or
 --config.dataset.knn_train_split='train[:10%]' for a smaller memory bank.
-Output: workdir/knn_eval.json (knn_top1, knn_top5, knn_num_train, knn_num_test, ...).
+Output: workdir/knn_eval.json (knn_top1, knn_top5, num_bank_examples, num_test_examples, ...).
 """
 from simclr_jax.evaluate.protocol_config import knn_config
 

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
-from tiny_configs import load_config, tiny
+from shared_pretraining import pretrained_workdir
+from tiny_configs import load_config
 
-from simclr_jax import checkpoint, train
+from simclr_jax import checkpoint
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import distill, finetune
@@ -29,9 +30,14 @@ def digits_test_split_size() -> int:
     return int(sum(n - round(0.8 * n) for n in np.bincount(y)))
 
 
-def small(c, *, steps, batch_size=16):
+def small(c, *, steps, batch_size=16, lr=0.1):
+    """Test size; plain SGD and mild crops so 30 steps learn something on 16 px digits."""
     c.unlock()
     c.batch_size, c.num_epochs, c.num_steps = batch_size, None, steps
+    c.warmup_epochs = 0.0
+    c.optimizer.name, c.optimizer.nesterov, c.optimizer.weight_decay = "sgd", True, 0.0
+    c.optimizer.lr_scaling, c.optimizer.base_lr = "none", lr
+    c.aug.view1.crop_area_min, c.aug.view1.flip_prob = 0.8, 0.0
     c.eval.batch_size = 64
     c.log_every_steps = 5
     c.checkpoint_every_steps = 1000
@@ -43,11 +49,7 @@ def small(c, *, steps, batch_size=16):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("pretrain"))
-    config = tiny(steps=2)
-    config.dataset.knn_train_split = ""      # no kNN: not what this file tests
-    train.train_and_evaluate(config, workdir)
-    return workdir
+    return pretrained_workdir(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,6 @@ def finetuned(pretrained, tmp_path_factory):
     config.init_from = pretrained
     config.dataset.name = config.dataset.train_split = config.dataset.eval_split = None
     config.finetune.label_fraction = FRACTION
-    config.optimizer.name = "sgd"            # a quick teacher for the distillation test
-    config.optimizer.lr_scaling = "none"
-    config.optimizer.base_lr = 0.1
-    config.optimizer.nesterov = True
     results = finetune.run(config, workdir)
     return workdir, results
 
@@ -179,20 +177,15 @@ def test_distillation_objective_closed_form(alpha):
 
 def test_student_agreement_rises_and_teacher_is_untouched(finetuned, tmp_path):
     teacher_dir, ft_results = finetuned
-    config = small(load_config("distill.py", "cifar10"), steps=30)
+    config = small(load_config("distill.py", "cifar10"), steps=30, lr=0.3)
     config.teacher_from = teacher_dir
-    config.warmup_epochs = 0.0
-    config.optimizer.name = "sgd"
-    config.optimizer.lr_scaling = "none"
-    config.optimizer.base_lr = 0.1
-    config.optimizer.nesterov = True
-    config.optimizer.weight_decay = 0.0
     results = distill.run(config, str(tmp_path))
     with open(tmp_path / "distill.json") as f:
         saved = json.load(f)
     assert saved["num_eval_examples"] == digits_test_split_size()
-    print("DISTILL", saved)
-    assert saved["agreement"] >= saved["agreement_init"] + 0.15, saved
+    # Rises, and well above what always predicting the teacher's commonest class gives.
+    assert saved["agreement"] >= saved["agreement_init"] + 0.2, saved
+    assert saved["agreement"] >= saved["agreement_constant_baseline"] + 0.15, saved
     # The teacher scored on the same split gives the fine-tuning run's own top-1.
     assert saved["teacher_top1"] == saved["teacher_top1_init"] == ft_results["top1"]
     _, teacher_vars, _ = clf.load(teacher_dir)

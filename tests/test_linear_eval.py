@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
-from tiny_configs import load_config, tiny
+from shared_pretraining import pretrained_workdir
+from tiny_configs import load_config
 
-from simclr_jax import checkpoint, optim, parallel, train
+from simclr_jax import checkpoint, optim, parallel
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import knn_mode, linear, supervised
 
@@ -42,10 +43,8 @@ def small(c, *, steps, batch_size=16):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("pretrain"))
-    config = tiny(steps=2)           # kNN at the end: the reference for the standalone mode
-    summary = train.train_and_evaluate(config, workdir)
-    return workdir, summary
+    """(workdir, final metrics incl. the loop's own kNN accuracy) of a 2-step pretraining."""
+    return pretrained_workdir(tmp_path_factory)
 
 
 def assert_bit_identical(a, b):
@@ -91,7 +90,7 @@ def test_standalone_knn_matches_the_pretraining_evaluator(pretrained, tmp_path):
     results = knn_mode.run(config, str(tmp_path))
     assert results["knn_top1"] == summary["knn_top1"]
     assert results["knn_top5"] == summary["knn_top5"]
-    assert results["knn_num_test"] == digits_test_split_size()
+    assert results["num_test_examples"] == digits_test_split_size()
     with open(tmp_path / "knn_eval.json") as f:
         assert json.load(f)["knn_top1"] == results["knn_top1"]
 

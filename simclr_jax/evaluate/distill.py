@@ -106,7 +106,7 @@ def run(config, workdir: str) -> dict:
     supervised.write_config(workdir, config)
     clf.write_description(workdir, meta)
     task = distill_task(student, teacher, temperature=d.temperature, alpha=d.alpha)
-    view = supervised.crop_flip_view(config.aug.view1, normalize)
+    view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Distilling %s into a %s student on %s:%s for %d steps.", config.teacher_from,
                  config.model.name, ds.name, ds.train_split, total_steps)
     state, results = supervised.fit(

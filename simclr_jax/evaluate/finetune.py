@@ -115,7 +115,7 @@ def run(config, workdir: str) -> dict:
     supervised.write_config(workdir, config)
     clf.write_description(workdir, meta)
     task = finetune_task(module)
-    view = supervised.crop_flip_view(config.aug.view1, normalize)
+    view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Fine-tuning on %d labelled examples of %s:%s for %d steps.",
                  train_source.num_examples, ds.name, ds.train_split, total_steps)
     state, results = supervised.fit(

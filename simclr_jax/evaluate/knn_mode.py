@@ -59,12 +59,11 @@ def run(config, workdir: str) -> dict:
     results = evaluator(params, stats)
     results.update({"step": int(arrays["step"]), "init_from": config.init_from,
                     "dataset": resolved.dataset.name,
-                    "knn_train_split": resolved.dataset.knn_train_split,
-                    "knn_test_split": resolved.dataset.knn_test_split,
-                    "knn_num_train": evaluator.bank.num_examples,
-                    "knn_num_test": evaluator.test.num_examples,
-                    "knn_k": resolved.eval.knn_k,
-                    "knn_temperature": resolved.eval.knn_temperature})
+                    "bank_split": resolved.dataset.knn_train_split,
+                    "test_split": resolved.dataset.knn_test_split,
+                    "num_bank_examples": evaluator.bank.num_examples,
+                    "num_test_examples": evaluator.test.num_examples,
+                    "k": resolved.eval.knn_k, "temperature": resolved.eval.knn_temperature})
     supervised.write_config(workdir, config)
     supervised.write_json(workdir, RESULTS, results)
     writer = supervised.make_writer(workdir)

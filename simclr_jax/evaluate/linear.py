@@ -77,7 +77,7 @@ def run(config, workdir: str) -> dict:
     supervised.write_config(workdir, config)
     clf.write_description(workdir, meta)
     task = linear_task(module)
-    view = supervised.crop_flip_view(config.aug.view1, normalize)
+    view = supervised.training_view(config.aug.view1, normalize)
     writer = supervised.make_writer(workdir)
     logging.info("Linear evaluation: %d steps on %s:%s, eval on %s (%d examples).", total_steps,
                  ds.name, ds.train_split, ds.eval_split, eval_source.num_examples)

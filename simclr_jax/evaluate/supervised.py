@@ -21,12 +21,15 @@ from typing import Any, Callable, Iterator, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from clu import metric_writers
 
 from simclr_jax import checkpoint, losses, parallel
+from simclr_jax.data import pipeline
 from simclr_jax.state import select_tree, tree_all_finite
+from simclr_jax.train import NonFiniteLossError
 
 
 @flax.struct.dataclass
@@ -123,6 +126,8 @@ def _eval_step(state: SupervisedState, batch, *, task: Task):
         teacher = out["teacher_logits"]                                   # [B, C]
         sums["agree"] = count(jnp.argmax(logits, -1) == jnp.argmax(teacher, -1))
         sums["teacher_top1_correct"] = count(losses.topk_correct(teacher, labels, 1))
+        votes = jax.nn.one_hot(jnp.argmax(teacher, -1), teacher.shape[-1], dtype=jnp.int32)
+        sums["teacher_class_counts"] = jnp.sum(votes * mask[:, None], axis=0)   # [C]
     return sums
 
 
@@ -136,8 +141,10 @@ def make_eval_step(mesh, task: Task):
 def evaluate(eval_step, state: SupervisedState, batches) -> dict:
     """Exact accuracy over one pass of padded eval batches: every real example counted once.
 
-    Returns {"top1", ["top5" (>= 5 classes)], ["agreement", "teacher_top1" with a teacher],
-    "num_eval_examples"}; agreement = fraction of examples where student and teacher argmax agree.
+    Returns {"top1", ["top5" (>= 5 classes)], "num_eval_examples"} and, with a teacher,
+    "agreement" (fraction of examples where student and teacher argmax agree), "teacher_top1" and
+    "agreement_constant_baseline" (the fraction of the teacher's most frequent class: the
+    agreement of a student that always predicts it).
     """
     totals = None
     for batch in batches:
@@ -145,7 +152,9 @@ def evaluate(eval_step, state: SupervisedState, batches) -> dict:
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         raise ValueError("the evaluation split produced no batches; check dataset.eval_split.")
-    totals = {k: int(v) for k, v in jax.device_get(totals).items()}
+    totals = jax.device_get(totals)
+    class_counts = totals.pop("teacher_class_counts", None)
+    totals = {k: int(v) for k, v in totals.items()}
     n = totals["num_examples"]
     if n == 0:
         raise ValueError("the evaluation split is empty.")
@@ -155,21 +164,17 @@ def evaluate(eval_step, state: SupervisedState, batches) -> dict:
     if "agree" in totals:
         out["agreement"] = totals["agree"] / n
         out["teacher_top1"] = totals["teacher_top1_correct"] / n
+        # The agreement a constant student would reach (the teacher's most frequent class).
+        out["agreement_constant_baseline"] = int(np.max(class_counts)) / n
     return out
 
 
 # ----------------------------------------------------------------------------- data
 
-def crop_flip_view(view_cfg, normalize: str):
-    """The evaluation protocols' training augmentation: random resized crop + flip only.
-
-    A copy of `view_cfg` (crop area/aspect, flip prob.) with every colour/blur op switched off
-    and the normalisation the encoder was pretrained with."""
+def training_view(view_cfg, normalize: str):
+    """A copy of the protocol's training view (random resized crop + flip in the presets),
+    normalised like the images the encoder was pretrained on."""
     view = copy.deepcopy(view_cfg)
-    view.jitter_prob = 0.0
-    view.grayscale_prob = 0.0
-    view.blur_prob = 0.0
-    view.solarize_prob = 0.0
     view.normalize = normalize
     return view
 
@@ -178,7 +183,6 @@ def resolve_dataset(ds, inherit: dict):
     """The protocol's dataset: fields left unset (None) come from `inherit` (the pretraining /
     teacher run). A different dataset name inherits no splits: train defaults to "train" and
     eval_split must be given."""
-    import ml_collections
     same = ds.get("name") in (None, inherit.get("name"))
     out = {}
     for key in ("name", "data_dir", "train_split", "eval_split", "image_size"):
@@ -208,8 +212,7 @@ def require_labels(source, what: str) -> None:
 def train_batches(source, view_cfg, *, batch_size: int, image_size: int, seed: int, mesh,
                   start_step: int = 0) -> Iterator[dict]:
     """{"image": [B, S, S, 3], "label": [B]} global batches, one augmented view per example."""
-    from simclr_jax.data import aug_presets, pipeline
-    aug = aug_presets.two_views(view_cfg, view_cfg)
+    aug = ml_collections.ConfigDict({"view1": view_cfg})
     for b in pipeline.pretrain_batches(source, aug, global_batch_size=batch_size,
                                        image_size=image_size, seed=seed, start_step=start_step,
                                        mesh=mesh, num_views=1):
@@ -217,7 +220,7 @@ def train_batches(source, view_cfg, *, batch_size: int, image_size: int, seed: i
 
 
 def eval_batches(source, *, batch_size: int, image_size: int, normalize: str, mesh):
-    from simclr_jax.data import pipeline
+    """One exact pass: {"image", "label", "mask"}, the last batch padded (mask False)."""
     return pipeline.eval_batches(source, global_batch_size=batch_size, image_size=image_size,
                                  mesh=mesh, normalize=normalize)
 
@@ -240,8 +243,6 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
     With a workdir, checkpoints go to workdir/checkpoints and a rerun resumes from the latest.
     eval_at_start also scores the state as given (before training) as "<metric>_init".
     """
-    from simclr_jax.train import NonFiniteLossError
-
     results: dict = {}
     if eval_at_start:
         init = evaluate(eval_step, state, eval_batches_fn())
@@ -272,8 +273,9 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
                         f"skipped and not saved. Lower --config.optimizer.base_lr.")
                 if writer is not None:
                     writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
-                results.update({f"train_{k}": v for k, v in summary.items()
-                                if k in ("loss", "train_accuracy")})
+                results["train_loss"] = summary["loss"]
+                if "train_accuracy" in summary:
+                    results["train_accuracy"] = summary["train_accuracy"]
             if eval_every and done % eval_every == 0 and not at_end:
                 metrics = evaluate(eval_step, state, eval_batches_fn())
                 if writer is not None:
