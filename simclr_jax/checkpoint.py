@@ -10,6 +10,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from simclr_jax.parallel import make_mesh, replicated
 from simclr_jax.state import TrainState
 
 
@@ -44,10 +45,17 @@ def restore_arrays(path: str, step: int | None = None) -> dict:
     directory = os.path.abspath(path)
     if os.path.isdir(os.path.join(directory, "checkpoints")):
         directory = os.path.join(directory, "checkpoints")
-    mgr = ocp.CheckpointManager(directory)
+    mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
     step = mgr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(
             f"no checkpoint found under {path!r}; pass a pretraining workdir (it contains "
             f"checkpoints/<step>/) or the checkpoints directory itself.")
-    return mgr.restore(step, args=ocp.args.StandardRestore())
+    # Restore onto THIS process's devices (replicated), whatever mesh wrote the checkpoint:
+    # pretrain on a pod slice, evaluate or export on one GPU or a laptop.
+    metadata = mgr.item_metadata(step)
+    tree = getattr(metadata, "tree", metadata)
+    target = replicated(make_mesh())
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target),
+                            tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    return mgr.restore(step, args=ocp.args.StandardRestore(abstract))

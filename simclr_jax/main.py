@@ -75,10 +75,12 @@ def run_mode(config, workdir):
 
 def format_summary(summary: dict) -> str:
     lines = [f"finished at step {summary.get('step')}"]
-    for key in ("loss", "contrast_acc", "probe_acc"):
-        if key in summary:
+    for key in ("loss", "contrast_acc", "probe_acc", "top1", "top5", "agreement",
+                "teacher_top1", "num_eval_examples"):
+        if isinstance(summary.get(key), (int, float)):
             lines.append(f"  {key:<24s} {summary[key]:.4f}")
-    for key in sorted(k for k in summary if k.startswith("knn_") and not k.endswith("_init")):
+    for key in sorted(k for k in summary if k.startswith("knn_") and not k.endswith("_init")
+                      and isinstance(summary[k], (int, float))):
         init = summary.get(f"{key}_init")
         extra = f"   (random init: {init:.4f})" if init is not None else ""
         lines.append(f"  {key + ' (learned)':<24s} {summary[key]:.4f}{extra}")

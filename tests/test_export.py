@@ -35,3 +35,30 @@ def test_load_encoder_matches_trainer_features(tmp_path):
     # The features are not trivially constant: different digits give different features.
     assert np.std(np.asarray(ref), axis=0).mean() > 0
     assert jax.tree.leaves(again.variables)
+
+
+def test_checkpoint_from_8_devices_loads_on_1_device(tmp_path):
+    """Pretrain on a pod, evaluate on a laptop: restore ignores the writer's device topology."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TEST_XLA_FLAGS
+    from tiny_configs import ROOT
+
+    config = tiny(steps=1, image_size=16)
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    images = embedded.digits_arrays()[0][:8]
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "ref.npy", np.asarray(simclr_jax.load_encoder(workdir)(images)))
+    code = ("import numpy as np, jax, simclr_jax, sys; assert jax.device_count() == 1; "
+            f"e = simclr_jax.load_encoder({workdir!r}); "
+            f"f = np.asarray(e(np.load({str(tmp_path / 'images.npy')!r}))); "
+            f"np.testing.assert_allclose(f, np.load({str(tmp_path / 'ref.npy')!r}), "
+            "rtol=1e-5, atol=1e-5); print('ok')")
+    flags = TEST_XLA_FLAGS.replace("device_count=8", "device_count=1")
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
