@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.moco.queue_size = 65536
     c.moco.shuffle_bn = True
 
+    c.simclr = ml_collections.ConfigDict()      # SimCLR v2 option
+    c.simclr.memory = False                     # momentum encoder + queue of extra negatives
+                                                # (uses moco.queue_size and momentum.*)
+
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.1
 

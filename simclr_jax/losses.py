@@ -45,8 +45,12 @@ def _cross_entropy_rows(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray
     return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
 
 
-def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float):
+def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float,
+            memory: jnp.ndarray | None = None):
     """SimCLR's NT-Xent over the 2N views of a (global) batch.
+
+    memory: optional [K, D] L2-normalised keys of earlier batches (SimCLR v2's MoCo-style
+    memory from a momentum encoder): K extra negatives for every anchor, no gradient.
 
     z1, z2: [N, D] projections of view 1 and view 2 (row i of each comes from image i).
     Each of the 2N views is an anchor with 1 positive (the other view of its image) and 2N - 2
@@ -68,6 +72,12 @@ def nt_xent(z1: jnp.ndarray, z2: jnp.ndarray, temperature: float):
     z = jnp.concatenate([l2_normalize(z1), l2_normalize(z2)], axis=0)   # [2N, D]
     logits = (z @ z.T) / temperature                                    # [2N, 2N]
     logits = logits - LARGE_NUM * jnp.eye(2 * n, dtype=logits.dtype)    # drop sim(i, i)
+    if memory is not None:
+        if memory.ndim != 2 or memory.shape[1] != z.shape[1]:
+            raise ValueError(f"nt_xent: memory must be [K, D] with D = {z.shape[1]}, "
+                             f"got {tuple(memory.shape)}.")
+        memory = jax.lax.stop_gradient(memory.astype(jnp.float32))     # [K, D]
+        logits = jnp.concatenate([logits, (z @ memory.T) / temperature], axis=1)  # [2N, 2N+K]
     idx = jnp.arange(2 * n)                                             # [2N]
     labels = jnp.where(idx < n, idx + n, idx - n)                       # positive of each anchor
     ce = _cross_entropy_rows(logits, labels)                            # [2N]

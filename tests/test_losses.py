@@ -247,3 +247,34 @@ def test_softmax_cross_entropy_mask_and_topk():
         order = np.argsort(-logits, axis=1)[:, :k]
         ref = np.array([labels[i] in order[i] for i in range(5)], np.float32)
         np.testing.assert_array_equal(losses.topk_correct(logits, labels, k), ref)
+
+
+# ----------------------------------------------------------------------------- NT-Xent + memory
+
+def np_nt_xent_memory(z1, z2, memory, t):
+    """NT-Xent where every anchor also has the K memory keys as negatives (explicit loops)."""
+    h = np.concatenate([_unit(z1), _unit(z2)], 0)
+    mem = np.asarray(memory, np.float64)
+    n2 = h.shape[0]
+    n = n2 // 2
+    per_anchor = []
+    for i in range(n2):
+        j = i + n if i < n else i - n
+        denom = sum(np.exp(h[i] @ h[k] / t) for k in range(n2) if k != i)
+        denom += sum(np.exp(h[i] @ m / t) for m in mem)
+        per_anchor.append(-np.log(np.exp(h[i] @ h[j] / t) / denom))
+    per_anchor = np.array(per_anchor)
+    return per_anchor[:n].mean() + per_anchor[n:].mean()
+
+
+@pytest.mark.parametrize("n,k,d,t", [(2, 4, 3, 0.5), (4, 8, 6, 0.2)])
+def test_nt_xent_with_memory_value_and_gradient(n, k, d, t):
+    z1, z2 = _rand(30 + n, n, d), _rand(40 + n, n, d)
+    memory = _unit(_rand(50 + k, k, d)).astype(np.float32)
+    loss, _ = losses.nt_xent(jnp.asarray(z1), jnp.asarray(z2), t, memory=jnp.asarray(memory))
+    np.testing.assert_allclose(float(loss), np_nt_xent_memory(z1, z2, memory, t), rtol=1e-5)
+    g = jit_grad(lambda a, m: losses.nt_xent(a, jnp.asarray(z2), t, memory=m)[0], (0, 1))
+    g_z1, g_mem = g(jnp.asarray(z1), jnp.asarray(memory))
+    ref = fd_grad(lambda a: np_nt_xent_memory(a, z2, memory, t), z1)
+    np.testing.assert_allclose(np.asarray(g_z1), ref, rtol=1e-3, atol=1e-4)
+    assert np.all(np.asarray(g_mem) == 0)          # the memory is never trained

@@ -17,7 +17,8 @@ from simclr_jax.methods import get_method
 PRESETS = [("quickstart.py", None)]
 for file, names in {
         "simclr_v1.py": ("cifar10", "cifar10_folder", "imagenet", "imagenet_2x", "imagenet_4x"),
-        "simclr_v2.py": ("r50_1x", "r50_1x_sk", "r152_3x_sk", "cifar10"),
+        "simclr_v2.py": ("r50_1x", "r50_1x_sk", "r152_3x_sk", "cifar10", "r50_1x_memory",
+                         "cifar10_memory"),
         "moco_v1.py": ("imagenet_200ep", "cifar10"),
         "moco_v2.py": ("imagenet_200ep", "imagenet_800ep", "cifar10"),
         "moco_v3.py": ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base",

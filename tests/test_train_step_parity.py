@@ -13,7 +13,7 @@ from simclr_jax import optim, parallel, train
 from simclr_jax.methods import get_method
 
 CASES = [("quickstart.py", None), ("moco_v1.py", "cifar10"), ("moco_v2.py", "cifar10"),
-         ("moco_v3.py", "cifar10"), ("byol.py", "cifar10")]
+         ("moco_v3.py", "cifar10"), ("byol.py", "cifar10"), ("simclr_v2.py", "cifar10_memory")]
 
 
 def random_batch(B, S, seed=0):
