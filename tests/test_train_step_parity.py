@@ -53,8 +53,9 @@ def test_eight_devices_equal_one_device(file, preset):
         a, b = getattr(s8, name), getattr(s1, name)
         if a is None:
             continue
-        # Float reduction order differs between 8 and 1 devices; LARS' trust ratio and two
-        # steps amplify it to ~1e-5. Per-device BN or per-device negatives differ by >1e-2.
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=3e-5,
+        # Float reduction order differs between 8 and 1 devices and two steps through small-
+        # batch BN amplify it (seen: up to 7e-5 on O(0.1) parameters). Per-device BN or
+        # per-device negatives change parameters by >1e-2.
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-4,
                                                              err_msg=name), a, b)
     assert int(s8.step) == 2
