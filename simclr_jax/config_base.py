@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.image_size = 32
 
     c.batch_size = 256
-    c.num_epochs = config_dict.placeholder(float)  # exactly one of num_epochs / num_steps
+    c.num_epochs = config_dict.placeholder(float)  # training length; num_steps overrides it
     c.num_steps = config_dict.placeholder(int)
     c.warmup_epochs = 10.0
     c.lr_schedule = "cosine"               # "cosine" | "step" | "constant"

@@ -7,9 +7,8 @@ def _fail(msg: str):
 
 
 def validate_config(config) -> None:
-    if (config.get("num_epochs") is None) == (config.get("num_steps") is None):
-        _fail("set exactly one of --config.num_epochs and --config.num_steps "
-              f"(got num_epochs={config.get('num_epochs')}, num_steps={config.get('num_steps')}).")
+    if config.get("num_epochs") is None and config.get("num_steps") is None:
+        _fail("set --config.num_epochs or --config.num_steps (num_steps wins when both are set).")
     if config.batch_size <= 0:
         _fail(f"batch_size must be positive, got {config.batch_size}.")
     for name in ("log_every_steps", "checkpoint_every_steps"):

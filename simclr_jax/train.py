@@ -36,10 +36,14 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------- schedules
 
 def make_schedules(config, num_train_examples: int):
-    """All durations resolved in one place: (total_steps, warmup_steps, lr_schedule)."""
+    """All durations resolved in one place: (total_steps, warmup_steps, lr_schedule).
+
+    num_steps, when set, overrides num_epochs (so `--config.num_steps=N` shortens any preset).
+    """
     steps_per_epoch = max(1, num_train_examples // config.batch_size)
-    total_steps = optim.resolve_steps(num_epochs=config.get("num_epochs"),
-                                      num_steps=config.get("num_steps"),
+    num_steps = config.get("num_steps")
+    total_steps = optim.resolve_steps(num_epochs=None if num_steps else config.get("num_epochs"),
+                                      num_steps=num_steps,
                                       examples_per_epoch=num_train_examples,
                                       batch_size=config.batch_size)
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
