@@ -101,3 +101,15 @@ def test_cli_bad_batch_is_one_clear_line(tmp_path):
                  "--config.batch_size=100")
     assert r.returncode == 2
     assert "does not divide over 8 devices" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_num_steps_overrides_epochs_and_warmup_is_clamped():
+    config = tiny(steps=7)
+    config.num_epochs = 100.0            # a preset's epochs; --config.num_steps wins
+    config.warmup_epochs = 50.0
+    total, warmup, schedule = train.make_schedules(config, num_train_examples=1438)
+    assert total == 7 and warmup == 6
+    assert float(schedule(0)) == 0.0
+    config.num_steps = None
+    total, _, _ = train.make_schedules(config, num_train_examples=1438)
+    assert total == 100 * (1438 // config.batch_size)
