@@ -1,0 +1,53 @@
+"""The EMA target: no gradient reaches it, and a step changes it only by the EMA formula."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_train_step_parity import random_batch
+from tiny_configs import tiny
+
+from simclr_jax import optim, parallel, train
+from simclr_jax.methods import common, get_method
+
+
+@pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10"), ("byol.py", "cifar10")])
+def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset):
+    config = tiny(file, preset, batch_size=16, image_size=16)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    method = get_method(config.method)
+    network = method.build_network(config, num_classes=10)
+    total = 10
+    schedule = optim.make_lr_schedule("constant", peak_lr=0.05, total_steps=total)
+    tx = optim.make_optimizer(config.optimizer, schedule)
+    state = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
+    # Make the target differ from the online network so the EMA is visible.
+    state = state.replace(target_params=jax.tree.map(lambda t: t + 0.01, state.target_params))
+    batch = parallel.to_global(mesh, random_batch(16, 16))
+    rng = jax.random.PRNGKey(1)
+
+    @jax.jit
+    def grad_wrt_target(target_params):
+        def loss(tp):
+            return method.compute_loss(network, config, state.params,
+                                       state.replace(target_params=tp), batch, rng)[0]
+        return jax.grad(loss)(target_params)
+
+    for g in jax.tree.leaves(grad_wrt_target(state.target_params)):
+        assert np.all(np.asarray(g) == 0.0)
+
+    old_target = jax.device_get(state.target_params)
+    step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
+                                lr_schedule=schedule, total_steps=total)
+    new, _ = step(state, batch)
+    new = jax.device_get(new)
+    m = float(optim.ema_momentum(0, total, config.momentum.base, config.momentum.schedule))
+    online = common.target_subtree(new.params)
+    # Hand computation, leaf by leaf in float64, then compared at float32 precision.
+    flat_old, tree = jax.tree.flatten(old_target)
+    flat_online = jax.tree.leaves(online)
+    flat_new = jax.tree.leaves(new.target_params)
+    assert len(flat_old) == len(flat_online) == len(flat_new)
+    for t0, o, t1 in zip(flat_old, flat_online, flat_new):
+        expected = m * np.asarray(t0, np.float64) + (1 - m) * np.asarray(o, np.float64)
+        np.testing.assert_allclose(np.asarray(t1), expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(flat_new[0], flat_old[0])    # it did move
