@@ -1,4 +1,4 @@
-"""Quickstart: SimCLR on the embedded scikit-learn digits. No download; ~3 minutes on 2 CPU cores.
+"""Quickstart: SimCLR on the embedded scikit-learn digits. No download; ~3-4 minutes on 2 CPU cores.
 
     python -m simclr_jax.main --config configs/quickstart.py --workdir /tmp/simclr_quickstart
 
@@ -6,7 +6,8 @@ Hardware: any CPU (measured on a 2-core x86-64 VM, see BENCHMARKS.md).
 Data: 1,797 real handwritten digits shipped inside scikit-learn, upscaled to 32x32 RGB;
 a class-balanced 80/20 split, the 20% held out for kNN scoring.
 Expected: the run ends by printing kNN top-1 of the learned encoder next to the same encoder at
-random initialisation; the learned one is clearly better (see README / BENCHMARKS.md for figures).
+random initialisation on the held-out 20%. Measured (2-core CPU): 0.939 after 100 steps, 0.950
+after 300 steps, against 0.557 at random initialisation.
 """
 from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
