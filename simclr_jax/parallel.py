@@ -47,3 +47,26 @@ def to_global(mesh: Mesh, local_tree):
 def replicate(mesh: Mesh, tree):
     """Place a pytree (e.g. the train state) replicated on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))
+
+
+class DispatchThrottle:
+    """Bounds how many dispatched-but-unfinished steps there are (JAX dispatches asynchronously).
+
+    On the CPU backend with several (virtual) devices, many small steps in flight can deadlock
+    XLA's collective rendezvous (participants of step k+1 hold the worker threads that step k
+    still needs; XLA aborts after 40 s). On CPU we therefore wait for each step before
+    dispatching the next; on accelerators one step may run ahead, which keeps them busy.
+    """
+
+    def __init__(self, max_in_flight: int | None = None):
+        if max_in_flight is None:
+            max_in_flight = 1 if jax.devices()[0].platform == "cpu" else 2
+        self.max_in_flight = max_in_flight
+        self._pending: list = []
+
+    def __call__(self, outputs):
+        """Register a step's outputs; block on the oldest ones beyond the bound."""
+        self._pending.append(outputs)
+        while len(self._pending) > self.max_in_flight - 1:     # 1 -> wait for this step
+            jax.block_until_ready(self._pending.pop(0))
+        return outputs

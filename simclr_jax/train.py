@@ -256,6 +256,7 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     evaluator = KnnEvaluator(config, mesh, network)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
     stop = _StopRequested()
+    throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
     last_log_time, last_log_step = time.time(), start_step
@@ -270,7 +271,7 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
                 writer.write_images(0, {"augmented_view_pairs": view_pairs_grid(
                     batch, config.aug.view1.normalize)})
             state, metrics = step_fn(state, batch)
-            history.append(metrics)
+            history.append(throttle(metrics))
             report(step + 1)
             done = step + 1
             at_end = done == total_steps

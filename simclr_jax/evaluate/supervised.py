@@ -147,8 +147,9 @@ def evaluate(eval_step, state: SupervisedState, batches) -> dict:
     agreement of a student that always predicts it).
     """
     totals = None
+    throttle = parallel.DispatchThrottle()
     for batch in batches:
-        sums = eval_step(state, batch)
+        sums = throttle(eval_step(state, batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         raise ValueError("the evaluation split produced no batches; check dataset.eval_split.")
@@ -258,10 +259,11 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
     checkpoint_every = checkpoint_every or total_steps
     batches = train_batches_from(start) if start < total_steps else iter(())
     history: list = []
+    throttle = parallel.DispatchThrottle()
     try:
         for step in range(start, total_steps):
             state, metrics = train_step(state, next(batches))
-            history.append(metrics)
+            history.append(throttle(metrics))
             done = step + 1
             at_end = done == total_steps
             if done % log_every == 0 or at_end or done % checkpoint_every == 0:
