@@ -12,11 +12,15 @@ from tiny_configs import tiny
 from simclr_jax import optim, parallel, train
 from simclr_jax.methods import get_method
 
-CASES = [("quickstart.py", None), ("moco_v1.py", "cifar10"), ("moco_v2.py", "cifar10"),
-         ("moco_v3.py", "cifar10"), ("byol.py", "cifar10")]
-# simclr_v2.py:cifar10_memory (the v2 memory option) is not here yet: after 2 steps one of its
-# parameters differed by 1.2e-3 (0.6%) between 8 and 1 devices in CI, above this tolerance;
-# whether that is float drift through the memory negatives or a real difference is open.
+# (config file, preset, peak LR of the 2-step schedule)
+CASES = [("quickstart.py", None, 0.5), ("moco_v1.py", "cifar10", 0.5),
+         ("moco_v2.py", "cifar10", 0.5), ("moco_v3.py", "cifar10", 0.5),
+         ("byol.py", "cifar10", 0.5),
+         # SimCLR v2's memory runs at a lower LR: at 0.5 this tiny LARS net is chaotic. On ONE
+         # device, perturbing the input by 1e-6 (relative) moved a BN bias by 1.4e-3 after two
+         # steps, the same size as the 8-vs-1 difference (1.2e-3); at 0.1 both fall to ~2e-5
+         # and ~2e-6, so the comparison below can again tell a real difference from rounding.
+         ("simclr_v2.py", "cifar10_memory", 0.1)]
 
 
 def random_batch(B, S, seed=0):
@@ -26,11 +30,11 @@ def random_batch(B, S, seed=0):
             "label": rng.integers(0, 10, size=(B,)).astype(np.int32)}
 
 
-def run_steps(config, devices, batches):
+def run_steps(config, devices, batches, peak_lr=0.5):
     mesh = parallel.make_mesh(devices)
     method = get_method(config.method)
     total = 10
-    schedule = optim.make_lr_schedule("cosine", peak_lr=0.5, total_steps=total, warmup_steps=0,
+    schedule = optim.make_lr_schedule("cosine", peak_lr=peak_lr, total_steps=total, warmup_steps=0,
                                       boundaries=(), steps_per_epoch=1)
     network = method.build_network(config, num_classes=10)
     tx = optim.make_optimizer(config.optimizer, schedule)
@@ -44,12 +48,12 @@ def run_steps(config, devices, batches):
     return jax.device_get(state), losses
 
 
-@pytest.mark.parametrize("file,preset", CASES)
-def test_eight_devices_equal_one_device(file, preset):
+@pytest.mark.parametrize("file,preset,peak_lr", CASES)
+def test_eight_devices_equal_one_device(file, preset, peak_lr):
     config = tiny(file, preset, batch_size=16, image_size=16)
     batches = [random_batch(16, 16, seed=s) for s in range(2)]
-    s8, l8 = run_steps(config, jax.devices(), batches)
-    s1, l1 = run_steps(config, jax.devices()[:1], batches)
+    s8, l8 = run_steps(config, jax.devices(), batches, peak_lr)
+    s1, l1 = run_steps(config, jax.devices()[:1], batches, peak_lr)
     assert len(jax.devices()) == 8
     np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-6)
     for name in ("params", "batch_stats", "target_params", "target_batch_stats", "queue"):
