@@ -40,6 +40,36 @@ def test_backbone_param_counts_equal_torchvision(depth, expected):
     assert _num_params(ResNet(depth=depth, stem="imagenet")) == expected
 
 
+def _resnet_params_by_formula(stages, bottleneck: bool) -> int:
+    """Plain count of a ResNet's conv weights + BN (scale, bias), torchvision layout (ImageNet
+    stem, no biases in convs, projection shortcut when the shape changes)."""
+    conv = lambda k, cin, cout: k * k * cin * cout
+    bn = lambda c: 2 * c
+    total = conv(7, 3, 64) + bn(64)
+    cin = 64
+    for stage, (blocks, width) in enumerate(zip(stages, (64, 128, 256, 512))):
+        for b in range(blocks):
+            stride = 2 if (stage > 0 and b == 0) else 1
+            cout = width * 4 if bottleneck else width
+            if bottleneck:
+                total += (conv(1, cin, width) + bn(width) + conv(3, width, width) + bn(width)
+                          + conv(1, width, cout) + bn(cout))
+            else:
+                total += conv(3, cin, width) + bn(width) + conv(3, width, width) + bn(width)
+            if stride != 1 or cin != cout:
+                total += conv(1, cin, cout) + bn(cout)
+            cin = cout
+    return total
+
+
+@pytest.mark.parametrize("depth, stages, bottleneck", [
+    (18, (2, 2, 2, 2), False), (50, (3, 4, 6, 3), True),     # the formula itself, vs torchvision
+    (10, (1, 1, 1, 1), False), (14, (1, 1, 1, 1), True), (26, (2, 2, 2, 2), True)])
+def test_backbone_param_counts_equal_plain_formula(depth, stages, bottleneck):
+    assert _num_params(ResNet(depth=depth, stem="imagenet")) == \
+        _resnet_params_by_formula(stages, bottleneck)
+
+
 @pytest.mark.parametrize("depth, width, sk, published_m", [
     (50, 1, 0.0, 24), (50, 2, 0.0, 94), (50, 1, 0.0625, 35),
     (101, 1, 0.0625, 65), (152, 3, 0.0625, 795)])

@@ -25,8 +25,12 @@ import jax.numpy as jnp
 
 from simclr_jax.models.norm import BatchNorm
 
-STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3),
+# Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the small members of the family
+# (timm's resnet10t/14t/26): cheap to compile, so the tests can run every preset for real.
+STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3),
+               14: (1, 1, 1, 1), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3),
                101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+BOTTLENECK_DEPTHS = frozenset({14, 26, 50, 101, 152, 200})
 STEMS = ("imagenet", "cifar")
 STAGE_WIDTHS = (64, 128, 256, 512)
 CONV_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
@@ -39,7 +43,7 @@ def scaled(channels: int, width_multiplier: float) -> int:
 
 
 def is_bottleneck(depth: int) -> bool:
-    return depth >= 50
+    return depth in BOTTLENECK_DEPTHS
 
 
 def num_features(depth: int, width_multiplier: float = 1.0) -> int:
