@@ -19,7 +19,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from simclr_jax import losses, optim, parallel, train
+from simclr_jax import losses, optim, train
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -80,9 +80,7 @@ def run(config, workdir: str) -> dict:
         "name": pool["name"], "data_dir": pool.get("data_dir"),
         "train_split": pool.get("train_split"), "eval_split": tmeta["dataset"]["eval_split"],
         "image_size": tmeta["image_size"]})
-    mesh = parallel.make_mesh()
-    parallel.check_batch_divisible(config.batch_size, mesh)
-    parallel.check_batch_divisible(config.eval.batch_size, mesh)
+    mesh = supervised.make_protocol_mesh(config)
     train_source = sources.get_source(ds.name, ds.train_split, ds.data_dir)
     eval_source = sources.get_source(ds.name, ds.eval_split, ds.data_dir)
     if d.alpha < 1.0:
@@ -109,19 +107,10 @@ def run(config, workdir: str) -> dict:
     view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Distilling %s into a %s student on %s:%s for %d steps.", config.teacher_from,
                  config.model.name, ds.name, ds.train_split, total_steps)
-    state, results = supervised.fit(
-        state, train_step=supervised.make_train_step(mesh, task, tx, schedule),
-        eval_step=supervised.make_eval_step(mesh, task),
-        train_batches_from=lambda start: supervised.train_batches(
-            train_source, view, batch_size=config.batch_size, image_size=ds.image_size,
-            seed=config.seed, mesh=mesh, start_step=start),
-        eval_batches_fn=lambda: supervised.eval_batches(
-            eval_source, batch_size=config.eval.batch_size, image_size=ds.image_size,
-            normalize=normalize, mesh=mesh),
-        total_steps=total_steps, workdir=workdir, writer=supervised.make_writer(workdir),
-        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, eval_every=config.eval.get("every_steps"),
-        eval_at_start=True)
+    state, results = supervised.fit_protocol(
+        config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
+        eval_source=eval_source, view=view, image_size=ds.image_size, normalize=normalize,
+        total_steps=total_steps, workdir=workdir, eval_at_start=True)
     results.update({"protocol": "distill", "teacher_from": config.teacher_from,
                     "dataset": ds.name, "train_split": ds.train_split,
                     "eval_split": ds.eval_split, "eval_split_size": eval_source.num_examples,

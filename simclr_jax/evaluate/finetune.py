@@ -23,7 +23,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from simclr_jax import optim, parallel, train
+from simclr_jax import optim, train
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -81,13 +81,8 @@ def finetune_task(module: clf.Classifier) -> supervised.Task:
 def run(config, workdir: str) -> dict:
     """Fine-tune the pretraining run in config.init_from; writes finetune.json + a checkpoint."""
     pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
-    ds = supervised.resolve_dataset(config.dataset, {
-        "name": pre.dataset.name, "data_dir": pre.dataset.get("data_dir"),
-        "train_split": pre.dataset.train_split, "eval_split": pre.dataset.knn_test_split,
-        "image_size": pre.dataset.image_size})
-    mesh = parallel.make_mesh()
-    parallel.check_batch_divisible(config.batch_size, mesh)
-    parallel.check_batch_divisible(config.eval.batch_size, mesh)
+    ds = supervised.resolve_dataset(config.dataset, supervised.inherit_from_pretraining(pre))
+    mesh = supervised.make_protocol_mesh(config)
     full = sources.get_source(ds.name, ds.train_split, ds.data_dir)
     supervised.require_labels(full, "fine-tuning")
     ft = config.finetune
@@ -118,18 +113,10 @@ def run(config, workdir: str) -> dict:
     view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Fine-tuning on %d labelled examples of %s:%s for %d steps.",
                  train_source.num_examples, ds.name, ds.train_split, total_steps)
-    state, results = supervised.fit(
-        state, train_step=supervised.make_train_step(mesh, task, tx, schedule),
-        eval_step=supervised.make_eval_step(mesh, task),
-        train_batches_from=lambda start: supervised.train_batches(
-            train_source, view, batch_size=config.batch_size, image_size=ds.image_size,
-            seed=config.seed, mesh=mesh, start_step=start),
-        eval_batches_fn=lambda: supervised.eval_batches(
-            eval_source, batch_size=config.eval.batch_size, image_size=ds.image_size,
-            normalize=normalize, mesh=mesh),
-        total_steps=total_steps, workdir=workdir, writer=supervised.make_writer(workdir),
-        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, eval_every=config.eval.get("every_steps"))
+    state, results = supervised.fit_protocol(
+        config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
+        eval_source=eval_source, view=view, image_size=ds.image_size, normalize=normalize,
+        total_steps=total_steps, workdir=workdir)
     results.update({"protocol": "finetune", "init_from": config.init_from,
                     "pretrain_step": int(jax.device_get(arrays["step"])),
                     "dataset": ds.name, "train_split": ds.train_split,

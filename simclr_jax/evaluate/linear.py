@@ -15,7 +15,7 @@ import logging
 
 import jax
 
-from simclr_jax import optim, parallel, train
+from simclr_jax import optim, train
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -49,13 +49,8 @@ def create_state(module: clf.Classifier, variables: dict, tx, rng, mesh):
 def run(config, workdir: str) -> dict:
     """Linear evaluation of the pretraining run in config.init_from; writes linear_eval.json."""
     pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
-    ds = supervised.resolve_dataset(config.dataset, {
-        "name": pre.dataset.name, "data_dir": pre.dataset.get("data_dir"),
-        "train_split": pre.dataset.train_split, "eval_split": pre.dataset.knn_test_split,
-        "image_size": pre.dataset.image_size})
-    mesh = parallel.make_mesh()
-    parallel.check_batch_divisible(config.batch_size, mesh)
-    parallel.check_batch_divisible(config.eval.batch_size, mesh)
+    ds = supervised.resolve_dataset(config.dataset, supervised.inherit_from_pretraining(pre))
+    mesh = supervised.make_protocol_mesh(config)
     train_source = sources.get_source(ds.name, ds.train_split, ds.data_dir)
     eval_source = sources.get_source(ds.name, ds.eval_split, ds.data_dir)
     supervised.require_labels(train_source, "linear evaluation")
@@ -78,21 +73,12 @@ def run(config, workdir: str) -> dict:
     clf.write_description(workdir, meta)
     task = linear_task(module)
     view = supervised.training_view(config.aug.view1, normalize)
-    writer = supervised.make_writer(workdir)
     logging.info("Linear evaluation: %d steps on %s:%s, eval on %s (%d examples).", total_steps,
                  ds.name, ds.train_split, ds.eval_split, eval_source.num_examples)
-    state, results = supervised.fit(
-        state, train_step=supervised.make_train_step(mesh, task, tx, schedule),
-        eval_step=supervised.make_eval_step(mesh, task),
-        train_batches_from=lambda start: supervised.train_batches(
-            train_source, view, batch_size=config.batch_size, image_size=ds.image_size,
-            seed=config.seed, mesh=mesh, start_step=start),
-        eval_batches_fn=lambda: supervised.eval_batches(
-            eval_source, batch_size=config.eval.batch_size, image_size=ds.image_size,
-            normalize=normalize, mesh=mesh),
-        total_steps=total_steps, workdir=workdir, writer=writer,
-        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, eval_every=config.eval.get("every_steps"))
+    state, results = supervised.fit_protocol(
+        config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
+        eval_source=eval_source, view=view, image_size=ds.image_size, normalize=normalize,
+        total_steps=total_steps, workdir=workdir)
     results.update({"protocol": "linear_eval", "init_from": config.init_from,
                     "pretrain_step": int(jax.device_get(arrays["step"])),
                     "dataset": ds.name, "eval_split": ds.eval_split,

@@ -226,6 +226,22 @@ def eval_batches(source, *, batch_size: int, image_size: int, normalize: str, me
                                  mesh=mesh, normalize=normalize)
 
 
+def inherit_from_pretraining(pre) -> dict:
+    """What a protocol's dataset defaults to: the pretraining run's data, scored on the split
+    its kNN monitor used."""
+    return {"name": pre.dataset.name, "data_dir": pre.dataset.get("data_dir"),
+            "train_split": pre.dataset.train_split, "eval_split": pre.dataset.knn_test_split,
+            "image_size": pre.dataset.image_size}
+
+
+def make_protocol_mesh(config):
+    """The device mesh, after checking that both batch sizes split evenly over it."""
+    mesh = parallel.make_mesh()
+    parallel.check_batch_divisible(config.batch_size, mesh)
+    parallel.check_batch_divisible(config.eval.batch_size, mesh)
+    return mesh
+
+
 # ----------------------------------------------------------------------------- loop
 
 def _mean(history: list) -> dict:
@@ -294,6 +310,26 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
         writer.write_scalars(results["step"], {f"eval/{k}": v for k, v in final.items()})
         writer.flush()
     return state, results
+
+
+def fit_protocol(config, state: SupervisedState, task: Task, *, tx, schedule, mesh,
+                 train_source, eval_source, view, image_size: int, normalize: str,
+                 total_steps: int, workdir: str, eval_at_start: bool = False):
+    """`fit` with the protocol config's batches, logging, checkpointing and evaluation cadence:
+    the loop every protocol (linear eval, fine-tuning, distillation) shares."""
+    return fit(
+        state, train_step=make_train_step(mesh, task, tx, schedule),
+        eval_step=make_eval_step(mesh, task),
+        train_batches_from=lambda start: train_batches(
+            train_source, view, batch_size=config.batch_size, image_size=image_size,
+            seed=config.seed, mesh=mesh, start_step=start),
+        eval_batches_fn=lambda: eval_batches(
+            eval_source, batch_size=config.eval.batch_size, image_size=image_size,
+            normalize=normalize, mesh=mesh),
+        total_steps=total_steps, workdir=workdir, writer=make_writer(workdir),
+        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
+        keep_checkpoints=config.keep_checkpoints, eval_every=config.eval.get("every_steps"),
+        eval_at_start=eval_at_start)
 
 
 # ----------------------------------------------------------------------------- outputs
