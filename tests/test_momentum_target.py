@@ -1,6 +1,5 @@
 """The EMA target: no gradient reaches it, and a step changes it only by the EMA formula."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train_step_parity import random_batch

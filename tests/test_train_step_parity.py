@@ -4,7 +4,6 @@ This is the test of global negatives and cross-replica BN: the loss is written o
 batch and XLA must insert the collectives, so the sharded step must match the unsharded one.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_configs import tiny

@@ -1,5 +1,4 @@
 """The training loop end to end: resume equals an uninterrupted run, NaN guard, clear errors."""
-import json
 import os
 import subprocess
 import sys
