@@ -42,7 +42,7 @@ def small(c, *, steps, batch_size=16, lr=0.1):
     c.log_every_steps = 5
     c.checkpoint_every_steps = 1000
     if "model" in c:
-        c.model.depth, c.model.width, c.model.stem = 18, 0.125, "cifar"
+        c.model.depth, c.model.width, c.model.stem = 10, 0.125, "cifar"
     c.lock()
     return c
 

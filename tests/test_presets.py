@@ -25,21 +25,12 @@ for file, names in {
     PRESETS += [(file, name) for name in names]
 
 
-def smallest(config):
-    """One block per stage (ResNet-10, or ResNet-14 where the preset's Selective Kernels need
-    bottleneck blocks): the whole recipe, at a fraction of ResNet-18's compile time."""
-    if config.model.name == "resnet":
-        with config.unlocked():
-            config.model.depth = 14 if config.model.depth >= 50 else 10
-    return config
-
-
 @pytest.mark.parametrize("file,preset", PRESETS)
 def test_preset_builds_and_runs_two_steps(file, preset):
     """The preset's own recipe (method, head, optimizer, schedules, EMA, queue, augmentation
     settings) with only the backbone and sizes shrunk, compiled and stepped twice on one device
     (tests/test_train_step_parity.py covers 8 devices against 1)."""
-    config = smallest(tiny(file, preset, batch_size=8, image_size=16))
+    config = tiny(file, preset, batch_size=8, image_size=16)
     validate_config(config)
     method = get_method(config.method)
     method.validate(config, num_train_examples=1438)

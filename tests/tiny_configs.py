@@ -11,7 +11,8 @@ def load_config(file: str, preset: str | None = None):
 
 
 def shrink(c, *, batch_size=16, image_size=16, steps=2):
-    """Same method and recipe, test-sized: ResNet-18 at width 1/8, 16 px digits, 2 steps."""
+    """Same method and recipe, test-sized: ResNet-10 (one block per stage; ResNet-14 where
+    Selective Kernels need bottlenecks) at width 1/8, 16 px digits, 2 steps."""
     c.unlock()
     c.dataset.name = "digits"
     c.dataset.data_dir = None
@@ -22,9 +23,9 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
         c.model.variant = "tiny_test"
         c.model.patch_size = 4
     elif c.model.sk_ratio > 0:   # Selective Kernels live in bottleneck blocks (+ ResNet-D stem)
-        c.model.depth, c.model.width, c.model.stem = 50, 0.125, "imagenet"
+        c.model.depth, c.model.width, c.model.stem = 14, 0.125, "imagenet"
     else:
-        c.model.depth, c.model.width, c.model.stem = 18, 0.125, "cifar"
+        c.model.depth, c.model.width, c.model.stem = 10, 0.125, "cifar"
     if c.model.get("bn_group_size") is not None:
         c.model.bn_group_size = 4
     c.head.hidden_dim = 32
