@@ -2,8 +2,7 @@
 import jax
 import numpy as np
 import pytest
-from test_train_step_parity import random_batch
-from tiny_configs import tiny
+from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
 from simclr_jax.methods import common, get_method

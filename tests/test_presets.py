@@ -6,7 +6,7 @@ tests/test_trainer.py runs whole jobs (data, eval, checkpoints).
 import jax
 import numpy as np
 import pytest
-from tiny_configs import tiny
+from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
 from simclr_jax.config_validation import validate_config
@@ -45,13 +45,9 @@ def test_preset_builds_and_runs_two_steps(file, preset):
     before = jax.device_get(state.params)
     step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
                                 lr_schedule=schedule, total_steps=100)
-    rng = np.random.default_rng(0)
     losses = []
-    for _ in range(2):
-        batch = {"view1": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32),
-                 "view2": rng.uniform(size=(8, 16, 16, 3)).astype(np.float32),
-                 "label": rng.integers(0, 10, size=(8,)).astype(np.int32)}
-        state, metrics = step(state, parallel.to_global(mesh, batch))
+    for seed in range(2):
+        state, metrics = step(state, parallel.to_global(mesh, random_batch(8, 16, seed=seed)))
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 2
     assert np.all(np.isfinite(losses)), losses

@@ -6,7 +6,7 @@ batch and XLA must insert the collectives, so the sharded step must match the un
 import jax
 import numpy as np
 import pytest
-from tiny_configs import tiny
+from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
 from simclr_jax.methods import get_method
@@ -20,13 +20,6 @@ CASES = [("quickstart.py", None, 0.5), ("moco_v1.py", "cifar10", 0.5),
          # steps, the same size as the 8-vs-1 difference (1.2e-3); at 0.1 both fall to ~2e-5
          # and ~2e-6, so the comparison below can again tell a real difference from rounding.
          ("simclr_v2.py", "cifar10_memory", 0.1)]
-
-
-def random_batch(B, S, seed=0):
-    rng = np.random.default_rng(seed)
-    return {"view1": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
-            "view2": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, size=(B,)).astype(np.int32)}
 
 
 def run_steps(config, devices, batches, peak_lr=0.5):

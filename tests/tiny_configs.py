@@ -1,6 +1,8 @@
 """Load the real config files and shrink them to test size (tiny backbone, tiny images)."""
 import os
 
+import numpy as np
+
 from simclr_jax.config_base import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,3 +56,11 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
 
 def tiny(method_file="quickstart.py", preset=None, **kw):
     return shrink(load_config(method_file, preset), **kw)
+
+
+def random_batch(B, S, seed=0):
+    """A pretraining batch of uniform noise: two [B, S, S, 3] views and labels in [0, 10)."""
+    rng = np.random.default_rng(seed)
+    return {"view1": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
+            "view2": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, size=(B,)).astype(np.int32)}

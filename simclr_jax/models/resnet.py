@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from simclr_jax.models.norm import BatchNorm
 
-# Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the small members of the family
-# (timm's resnet10t/14t/26): cheap to compile, so the tests can run every preset for real.
+# Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the family's small members: cheap
+# to compile, so the tests can run every preset's real step.
 STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3),
                14: (1, 1, 1, 1), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3),
                101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
