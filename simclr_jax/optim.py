@@ -76,9 +76,16 @@ def _check_lengths(total_steps: int, warmup_steps: int) -> None:
                          f"{warmup_steps}; shorten the warmup or train longer.")
 
 
-def _warmup(peak_lr: float, warmup_steps: int, t: jnp.ndarray) -> jnp.ndarray:
-    """Linear ramp lr(t) = peak * t / warmup (0 at step 0, peak at step `warmup`), like SimCLR."""
-    return peak_lr * t / max(warmup_steps, 1)
+def _linear_warmup(peak_lr: float, warmup_steps: int) -> Schedule:
+    """lr(t) = peak * t / warmup: 0 at step 0, peak at step `warmup` (SimCLR's ramp)."""
+    return optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
+
+
+def _after_warmup(peak_lr: float, warmup_steps: int, then: Schedule) -> Schedule:
+    """The linear warmup for t < warmup_steps, then `then(t - warmup_steps)`."""
+    if warmup_steps == 0:
+        return then
+    return optax.join_schedules([_linear_warmup(peak_lr, warmup_steps), then], [warmup_steps])
 
 
 def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
@@ -87,14 +94,8 @@ def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int =
     0 at step 0, peak at step w, 0 at step T and after.
     """
     _check_lengths(total_steps, warmup_steps)
-
-    def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        frac = jnp.clip((t - warmup_steps) / (total_steps - warmup_steps), 0.0, 1.0)
-        cosine = peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), cosine)
-
-    return schedule
+    return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps,
+                                              end_value=0.0)
 
 
 def step_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
@@ -107,28 +108,21 @@ def step_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
     if any(b <= 0 for b in bounds) or sorted(bounds) != bounds:
         raise ValueError(f"step-schedule boundaries must be positive and increasing, got "
                          f"{tuple(boundaries)}.")
-    bounds_arr = jnp.asarray(bounds, jnp.float32).reshape(-1)  # [nb]
-
-    def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        passed = jnp.sum((t >= bounds_arr).astype(jnp.float32))
-        stepped = peak_lr * jnp.power(jnp.float32(factor), passed)
-        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), stepped)
-
-    return schedule
+    # join_schedules hands the second schedule t - warmup_steps; shift the boundaries with it.
+    # A boundary inside the warmup takes effect when the warmup ends.
+    scales: dict[int, float] = {}
+    for b in bounds:
+        b = max(b - warmup_steps, 0)
+        scales[b] = scales.get(b, 1.0) * factor
+    stepped = optax.piecewise_constant_schedule(peak_lr, scales)
+    return _after_warmup(peak_lr, warmup_steps, stepped)
 
 
 def constant_schedule(peak_lr: float, warmup_steps: int = 0) -> Schedule:
     """Linear warmup to peak, then constant (linear-probe and debugging runs)."""
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
-
-    def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t),
-                         jnp.float32(peak_lr))
-
-    return schedule
+    return _after_warmup(peak_lr, warmup_steps, optax.constant_schedule(peak_lr))
 
 
 def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
