@@ -2,76 +2,61 @@
 
     python benchmarks/learning_run.py --config configs/moco_v2.py:cifar10 \
         --data /path/to/cifar10-train --holdout 500 --steps 300 --workdir /tmp/bench_moco_v2 \
-        --set model.width=0.25 --set batch_size=256
+        --config.model.width=0.25 --config.batch_size=256
 
 The last `--holdout` images of every class are held out: the kNN memory bank is the training
-images, the scored set the held-out ones. Prints one Markdown row for BENCHMARKS.md.
+images, the scored set the held-out ones. Config overrides are checked like the trainer's (a
+mistyped key fails); the dataset, splits, length and eval cadence are set from the flags above.
+Prints one Markdown row for BENCHMARKS.md.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import os
 import platform
 import time
 
 import jax
-from absl import logging
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from simclr_jax import train
-from simclr_jax.config_base import load_config_file
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:preset]",
+                                          lock_config=True)
+_DATA = flags.DEFINE_string("data", None, "image folder with class sub-folders")
+_HOLDOUT = flags.DEFINE_integer("holdout", 500, "held-out images per class")
+_PER_CLASS = flags.DEFINE_integer("per_class", 5000, "images per class in the folder")
+_STEPS = flags.DEFINE_integer("steps", None, "training steps")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory")
+flags.mark_flags_as_required(["config", "data", "steps", "workdir"])
 
 
-def parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", required=True, help="configs/<file>.py[:preset]")
-    p.add_argument("--data", required=True, help="image folder with class sub-folders")
-    p.add_argument("--holdout", type=int, default=500, help="held-out images per class")
-    p.add_argument("--per_class", type=int, default=5000, help="images per class in the folder")
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--set", action="append", default=[], help="key=value config override")
-    a = p.parse_args()
-    logging.set_verbosity(logging.INFO)
+def main(argv):
+    del argv
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-
-    path, _, preset = a.config.partition(":")
-    c = load_config_file(path, preset or None)
-    keep = a.per_class - a.holdout
-    c.dataset.name = f"folder:{os.path.abspath(a.data)}"
+    c, steps = _CONFIG.value, _STEPS.value
+    keep = _PER_CLASS.value - _HOLDOUT.value
+    c.dataset.name = f"folder:{os.path.abspath(_DATA.value)}"
     c.dataset.data_dir = None
     c.dataset.train_split = f"train[:{keep}]"
     c.dataset.knn_train_split = f"train[:{keep}]"
     c.dataset.knn_test_split = f"train[{keep}:]"
-    c.num_epochs, c.num_steps = None, a.steps
-    c.eval.every_steps = a.steps
+    c.num_epochs, c.num_steps = None, steps
+    c.eval.every_steps = steps
     c.eval.knn_at_init = True
-    c.log_every_steps = max(1, a.steps // 20)
-    c.checkpoint_every_steps = a.steps
-    for item in a.set:
-        key, _, value = item.partition("=")
-        node = c
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = parse_value(value)
+    c.log_every_steps = max(1, steps // 20)
+    c.checkpoint_every_steps = steps
     if c.method == "moco":
         c.moco.queue_size = min(c.moco.queue_size, (keep * 10 // c.batch_size) * c.batch_size)
 
     t0 = time.time()
-    summary = train.train_and_evaluate(c, a.workdir)
+    summary = train.train_and_evaluate(c, _WORKDIR.value)
     minutes = (time.time() - t0) / 60
-    events = os.path.join(a.workdir, "first_last_loss.json")
-    row = (f"| {a.config} | {c.model.name}{c.model.get('depth', '')} w{c.model.width:g} | "
-           f"{c.batch_size} | {a.steps} | {minutes:.1f} | {summary.get('loss', float('nan')):.3f} | "
+    events = os.path.join(_WORKDIR.value, "first_last_loss.json")
+    config_name = config_flags.get_config_filename(flags.FLAGS["config"])
+    row = (f"| {config_name} | {c.model.name}{c.model.get('depth', '')} w{c.model.width:g} | "
+           f"{c.batch_size} | {steps} | {minutes:.1f} | {summary.get('loss', float('nan')):.3f} | "
            f"{summary['knn_top1']:.3f} | {summary['knn_top1_init']:.3f} |")
     print(f"# {platform.node()} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
           f"cpus {os.cpu_count()}")
@@ -83,4 +68,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
