@@ -139,7 +139,6 @@ def byol_loss(p: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(2.0 - 2.0 * jnp.sum(p * z, axis=-1))
 
 
-byol_regression = byol_loss  # the name used in PLAN.md
 
 
 def distillation_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
@@ -158,7 +157,6 @@ def distillation_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
     return jnp.mean(-jnp.sum(target * jax.nn.log_softmax(s, axis=-1), axis=-1))
 
 
-distillation = distillation_loss  # the name used in PLAN.md
 
 
 def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
