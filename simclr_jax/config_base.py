@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.decay_all = True           # SGD: weight decay on every parameter (PyTorch style)
+    c.optimizer.lars_lr = "before_momentum"  # LARS: "before_momentum" (SimCLR, optax) |
+                                             # "after_momentum" (BYOL, MoCo v3)
     c.optimizer.grad_clip_norm = config_dict.placeholder(float)
 
     c.model = ml_collections.ConfigDict()
@@ -52,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 1.0
     c.model.stem = "cifar"                 # "cifar" (3x3/1, no maxpool) | "imagenet"
     c.model.sk_ratio = 0.0
+    c.model.shortcut = "on_shape_change"   # projection shortcut: "on_shape_change" (torchvision)
+                                           # | "first_block_of_stage" (SimCLR tf2)
+    c.model.stem_pool_padding = "torch"    # ImageNet stem max pool: "torch" (1, 1) | "same" (TF)
+    c.model.init = "simclr"                # "simclr" (fan_in, zero-init last BN) | "torchvision"
     c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
     c.model.dtype = "float32"              # compute dtype: "bfloat16" on TPU/GPU for speed
     c.model.variant = "small"              # ViT: "small" | "base" | "tiny_test"
@@ -75,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.moco = ml_collections.ConfigDict()        # MoCo v1/v2 key queue
     c.moco.queue_size = 65536
     c.moco.shuffle_bn = True
+    c.moco.symmetric = False                    # CIFAR-10 colab option: loss_12 + loss_21
 
     c.simclr = ml_collections.ConfigDict()      # SimCLR v2 option
     c.simclr.memory = False                     # momentum encoder + queue of extra negatives
@@ -95,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
     c.eval.knn_at_init = True              # also score the randomly initialised encoder at the end
+    c.eval.knn_features = "backbone"       # "backbone" | "projection" (the MoCo colab's monitor)
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
