@@ -18,6 +18,7 @@ LR_SCALINGS = ("linear", "sqrt", "none")
 LR_SCHEDULES = ("cosine", "step", "constant")
 EMA_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("lars", "sgd", "adamw")
+LARS_LR_ORDERS = ("before_momentum", "after_momentum")
 
 
 # ----------------------------------------------------------------------------- LR and length
@@ -201,6 +202,32 @@ def weight_decay_mask(params, exclude: Sequence[str] = ("probe",)):
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
+def lars(learning_rate, weight_decay: float, mask, *, trust_coefficient: float = 1e-3,
+         momentum: float = 0.9, nesterov: bool = False,
+         lr_order: str = "before_momentum") -> optax.GradientTransformation:
+    """LARS with weight decay and trust ratio on the `mask`ed parameters only.
+
+    g' = g + wd * w; g'' = trust * g', trust = eta * ||w|| / ||g'|| (1 where either norm is 0).
+    "before_momentum" (TF SimCLR's LARSOptimizer, = optax.lars): m = lr * g'' + mu * m;
+      update = -m (nesterov: -(lr * g'' + mu * m)).
+    "after_momentum" (BYOL's and MoCo v3's LARS): an LR-free buffer m = g'' + mu * m;
+      update = -lr * m (nesterov: -lr * (g'' + mu * m)).
+    Identical at constant LR; while the LR changes (warmup, cosine) the second applies today's
+    LR to the whole history instead of the LR each gradient arrived with.
+    """
+    if lr_order == "before_momentum":
+        return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=mask,
+                          trust_coefficient=trust_coefficient, trust_ratio_mask=mask,
+                          momentum=momentum, nesterov=nesterov)
+    if lr_order != "after_momentum":
+        raise ValueError(f"unknown optimizer.lars_lr {lr_order!r}; use one of {LARS_LR_ORDERS}.")
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+        optax.trace(decay=momentum, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate))
+
+
 def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
                    frozen_mask=None) -> optax.GradientTransformation:
     """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
@@ -210,12 +237,8 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
     computed once from it; otherwise it is computed from the updates tree at each step (same
     structure, so the same mask).
 
-    "lars": optax.lars with weight decay and trust ratio masked by `weight_decay_mask`. optax's
-      order is g' = g + wd * w (masked); g'' = trust * g' (masked), trust = eta * ||w|| / ||g'||
-      (1 where either norm is 0); u = -lr * g''; m = u + mu * m; update = m (nesterov: u + mu * m).
-      The LR enters BEFORE the momentum trace, exactly like TF SimCLR's LARS; BYOL and MoCo v3
-      keep an LR-free momentum buffer (m = g'' + mu * m; update = -lr * m). The two are identical
-      at constant LR and differ only while the LR changes (warmup / decay).
+    "lars": see `lars`; lars_lr picks where the LR enters ("before_momentum": SimCLR / optax,
+      "after_momentum": BYOL / MoCo v3).
     "sgd": PyTorch-style SGD: g' = g + wd * w on every parameter (decay_all=True, the MoCo
       reference) or only on masked ones, then an LR-free momentum buffer m = g' + mu * m and
       update = -lr * m (nesterov: -lr * (g' + mu * m)).
@@ -239,9 +262,9 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
     nesterov = bool(get("nesterov", False))
 
     if name == "lars":
-        tx = optax.lars(learning_rate, weight_decay=wd, weight_decay_mask=mask,
-                        trust_coefficient=get("trust_coefficient", 1e-3),
-                        trust_ratio_mask=mask, momentum=momentum, nesterov=nesterov)
+        tx = lars(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
+                  momentum=momentum, nesterov=nesterov,
+                  lr_order=get("lars_lr", "before_momentum"))
     elif name == "sgd":
         decay_mask = None if get("decay_all", True) else mask
         tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),

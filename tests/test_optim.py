@@ -202,6 +202,46 @@ def test_lars_matches_tf_simclr_reference(nesterov):
             np.testing.assert_allclose(got[key], plain[key], rtol=2e-5, atol=1e-6)
 
 
+def test_lars_lr_after_momentum_matches_moco_v3_and_byol_reference():
+    wd, eta, mu = 0.05, 1e-3, 0.9
+    params = _tree(np.random.default_rng(0))
+    grads_seq = _grads(10, 3)
+    cfg = _cfg(name="lars", weight_decay=wd, trust_coefficient=eta, momentum=mu,
+               nesterov=False, lars_lr="after_momentum")
+    got = _run_optax(optim.make_optimizer(cfg, _lr), params, grads_seq)
+
+    # MoCo v3 moco/optimizer.py LARS (BYOL's optimizers.lars is the same order), in float64:
+    #   if ndim > 1: dp = g + wd * w; q = eta * |w| / |dp| (1 if either norm is 0); dp *= q
+    #   mu_buf = mu * mu_buf + dp;  w -= lr * mu_buf        (the LR comes AFTER the buffer)
+    w, buf = _flat(params), {k: 0.0 for k in _flat(params)}
+    for t, grads in enumerate(grads_seq):
+        for key, g in _flat(grads).items():
+            if key in DECAYED:
+                g = g + wd * w[key]
+                wn, gn = np.linalg.norm(w[key]), np.linalg.norm(g)
+                g = g * (eta * wn / gn if (wn > 0 and gn > 0) else 1.0)
+            buf[key] = mu * buf[key] + g
+            w[key] = w[key] - _lr(t) * buf[key]
+    for key in w:
+        np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=1e-6, err_msg=str(key))
+
+
+def test_lars_forms_agree_at_constant_lr_and_differ_while_it_changes():
+    params = _tree(np.random.default_rng(3), zero_kernel=False)
+    grads_seq = _grads(40, 3)
+
+    def run(order, lr):
+        cfg = _cfg(name="lars", weight_decay=0.01, momentum=0.9, lars_lr=order)
+        return _run_optax(optim.make_optimizer(cfg, lr), params, grads_seq)
+
+    for key, v in run("before_momentum", 0.3).items():
+        np.testing.assert_allclose(v, run("after_momentum", 0.3)[key], rtol=1e-5, atol=1e-7)
+    before, after = run("before_momentum", _lr), run("after_momentum", _lr)
+    assert not np.allclose(before[("dense", "kernel")], after[("dense", "kernel")], rtol=1e-4)
+    with pytest.raises(ValueError, match="lars_lr"):
+        run("sideways", 0.3)
+
+
 @pytest.mark.parametrize("decay_all", [True, False])
 def test_sgd_pytorch_style(decay_all):
     wd, mu = 0.1, 0.9

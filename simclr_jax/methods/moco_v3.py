@@ -2,6 +2,7 @@
 
 loss = ctr(q1, k2) + ctr(q2, k1), ctr = CE(q·kᵀ/T, own index) x 2T over the global batch.
 Each view goes through each encoder in a SEPARATE forward pass (BN statistics per view).
+EMA timing as the reference: the key encoder is updated with m_{k+1} before the keys of step k+1.
 """
 from __future__ import annotations
 
@@ -53,4 +54,4 @@ def compute_loss(network, config, params, state, batch, rng):
 
 
 def after_update(network, config, state, total_steps):
-    return common.ema_update(config, state, total_steps)
+    return common.ema_update(config, state, total_steps, momentum_of_next_step=True)
