@@ -57,7 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.shortcut = "on_shape_change"   # projection shortcut: "on_shape_change" (torchvision)
                                            # | "first_block_of_stage" (SimCLR tf2)
     c.model.stem_pool_padding = "torch"    # ImageNet stem max pool: "torch" (1, 1) | "same" (TF)
-    c.model.init = "simclr"                # "simclr" (fan_in, zero-init last BN) | "torchvision"
+    c.model.conv_init = "simclr"           # "simclr" (fan_in truncated normal; also BYOL) |
+                                           # "torchvision" (kaiming normal fan_out; MoCo)
+    c.model.zero_init_residual = True      # last BN of every block starts at 0 (not MoCo v1/v2)
     c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
     c.model.dtype = "float32"              # compute dtype: "bfloat16" on TPU/GPU for speed
     c.model.variant = "small"              # ViT: "small" | "base" | "tiny_test"
