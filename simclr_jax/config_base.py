@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_epochs = config_dict.placeholder(float)  # training length; num_steps overrides it
     c.num_steps = config_dict.placeholder(int)
     c.warmup_epochs = 10.0
-    c.lr_schedule = "cosine"               # "cosine" | "step" | "constant"
+    c.lr_schedule = "cosine"               # "cosine" | "step" | "constant" | "cosine_per_epoch"
+                                           # | "cosine_per_epoch_from_1" (optim.make_lr_schedule)
     c.lr_boundaries_epochs = ()            # for "step": epochs where the LR is multiplied by 0.1
 
     c.optimizer = ml_collections.ConfigDict()

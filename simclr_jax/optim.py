@@ -15,7 +15,7 @@ import optax
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 LR_SCALINGS = ("linear", "sqrt", "none")
-LR_SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = ("cosine", "step", "constant", "cosine_per_epoch", "cosine_per_epoch_from_1")
 EMA_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 LARS_LR_ORDERS = ("before_momentum", "after_momentum")
@@ -132,16 +132,40 @@ def constant_schedule(peak_lr: float, warmup_steps: int = 0) -> Schedule:
     return schedule
 
 
+def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch: int,
+                              warmup_steps: int = 0, first_epoch: int = 0) -> Schedule:
+    """MoCo's `adjust_learning_rate`, called once per epoch: lr = peak * (1 + cos(pi e / E)) / 2
+    held for all of epoch e, E = total_steps / steps_per_epoch. e counts from `first_epoch`:
+    0 in main_moco.py / main_lincls.py (peak in epoch 0), 1 in the MoCo CIFAR-10 colab (its
+    first epoch already decayed, its last at 0)."""
+    _check_lengths(total_steps, warmup_steps)
+    if steps_per_epoch is None or steps_per_epoch <= 0:
+        raise ValueError("a per-epoch cosine schedule needs steps_per_epoch > 0.")
+    num_epochs = total_steps / steps_per_epoch
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        epoch = jnp.floor(t / steps_per_epoch) + first_epoch
+        cosine = peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(epoch / num_epochs, 1.0)))
+        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), cosine)
+
+    return schedule
+
+
 def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
                      boundaries: Sequence[float] = (), steps_per_epoch: int | None = None,
                      factor: float = 0.1) -> Schedule:
-    """Schedule by name: "cosine" | "step" | "constant".
+    """Schedule by name: "cosine" | "step" | "constant" | "cosine_per_epoch" (MoCo) |
+    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab).
 
     For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
     step), otherwise absolute steps.
     """
     if name == "cosine":
         return warmup_cosine_schedule(peak_lr, total_steps, warmup_steps)
+    if name in ("cosine_per_epoch", "cosine_per_epoch_from_1"):
+        return cosine_per_epoch_schedule(peak_lr, total_steps, steps_per_epoch, warmup_steps,
+                                         first_epoch=int(name.endswith("from_1")))
     if name == "constant":
         _check_lengths(total_steps, warmup_steps)
         return constant_schedule(peak_lr, warmup_steps)

@@ -53,6 +53,19 @@ def test_constant_schedule_and_dispatch():
     np.testing.assert_allclose(got, [0.5], atol=1e-7)
 
 
+@pytest.mark.parametrize("name,first_epoch", [("cosine_per_epoch", 0),
+                                              ("cosine_per_epoch_from_1", 1)])
+def test_cosine_per_epoch_matches_moco_adjust_learning_rate(name, first_epoch):
+    # main_moco.py / the CIFAR-10 colab: once per epoch, lr = base * 0.5 * (1 + cos(pi e / E)),
+    # e = 0..E-1 (main) or 1..E (colab). 4 epochs of 3 steps here.
+    spe, epochs, peak = 3, 4, 0.06
+    sched = optim.make_lr_schedule(name, peak_lr=peak, total_steps=spe * epochs,
+                                   steps_per_epoch=spe)
+    want = [peak * 0.5 * (1 + math.cos(math.pi * e / epochs))
+            for e in range(first_epoch, first_epoch + epochs) for _ in range(spe)]
+    np.testing.assert_allclose(_values(sched, range(spe * epochs)), want, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(name="linear"), "unknown lr_schedule"),
     (dict(name="step"), "needs boundaries"),
