@@ -18,7 +18,8 @@ def build_network(config, num_classes: int) -> SSLNetwork:
     if predictor is None:
         raise ValueError("moco_v3 needs a predictor: set --config.head.kind=moco_v3")
     return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
-                      num_classes=num_classes if config.probe.enabled else 0)
+                      num_classes=num_classes if config.probe.enabled else 0,
+                      knn_features=config.eval.get("knn_features", "backbone"))
 
 
 def validate(config, num_train_examples: int) -> None:
