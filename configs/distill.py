@@ -5,7 +5,7 @@
 
 The teacher is any finetune / linear_eval / distill workdir; the student is config.model (same or
 smaller backbone) with a linear head, trained from scratch with
-    alpha * CE(softmax(teacher/tau), student/tau) + (1 - alpha) * CE(labels, student),
+    alpha * tau^2 * CE(softmax(teacher/tau), student/tau) + (1 - alpha) * CE(labels, student),
 alpha = 1 (distillation only, SimCLRv2's default), tau = distill.temperature (1.0).
 Dataset fields left unset come from the teacher: its pretraining pool (e.g. all of imagenet2012
 train, labels unused) as the train split, its evaluation split, image size and normalisation.

@@ -5,6 +5,8 @@ imagenet_200ep — SGD lr 0.03 (batch 256), wd 1e-4 on all parameters, LR x0.1 a
     then colour jitter 0.4 always. Published linear top-1: 60.6 (8 V100, 53 h).
     python -m simclr_jax.main --config configs/moco_v1.py:imagenet_200ep --workdir DIR
 cifar10 — the same recipe scaled to CIFAR-10 (R18 CIFAR stem, K 4096, batch 256).
+torchvision ResNet init (kaiming normal fan_out, no zero-init of the last BN). Deliberate
+differences from the official code and the hardware each number needs: FIDELITY.md.
 """
 from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
@@ -22,6 +24,7 @@ def get_config(arg="imagenet_200ep"):
     c.momentum.base, c.momentum.schedule = 0.999, "constant"
     c.moco.shuffle_bn = True
     c.model.bn_group_size = 32
+    c.model.conv_init, c.model.zero_init_residual = "torchvision", False
     c.optimizer.name, c.optimizer.base_lr, c.optimizer.lr_scaling = "sgd", 0.03, "linear"
     c.optimizer.weight_decay, c.optimizer.decay_all = 1e-4, True
     c.loss.temperature = 0.07

@@ -1,7 +1,8 @@
 """SimCLR v1 (Chen et al., 2020) presets.
 
-cifar10 — ResNet-18 (CIFAR stem), batch 512, LARS lr 1.0 x B/256, wd 1e-4, T 0.5, 1000 epochs,
-    colour strength 0.5, no blur. Published: ~91% linear top-1 (solo-learn R18 SimCLR 90.74).
+cifar10 — the official README's CIFAR-10 command: ResNet-18 (CIFAR stem, SimCLR's projection
+    shortcuts), 3-layer head, batch 512, LARS lr 1.0 x B/256, wd 1e-4, T 0.5, 1000 epochs,
+    colour strength 0.5, no blur. Published: ~91% linear top-1 (README; solo-learn R18 90.74).
     Needs TFDS cifar10 (downloads on first use; offline: --config.dataset.data_dir=...).
     python -m simclr_jax.main --config configs/simclr_v1.py:cifar10 --workdir /tmp/simclr_c10
     One accelerator (GPU/TPU core): hours; CPU: use --config.num_epochs=... for a short run.
@@ -14,6 +15,9 @@ imagenet, imagenet_2x, imagenet_4x — ResNet-50 1x/2x/4x, batch 4096, LARS lr 0
     "100 epochs, batch 4096 ~ 6 h on 32 TPU v3 cores" (paper). Needs TFDS imagenet2012
     prepared under --config.dataset.data_dir.
     python -m simclr_jax.main --config configs/simclr_v1.py:imagenet --workdir gs://.../r50
+Architecture as SimCLR tf2's resnet.py: projection shortcut on every stage's first block, TF SAME
+stem max pool. Every deliberate difference from the official code, and the hardware each
+published number needs: FIDELITY.md.
 """
 from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
@@ -31,6 +35,7 @@ def get_config(arg="cifar10"):
     c.head.hidden_dim = 0           # = backbone width (2048 for R50 1x)
     c.head.out_dim = 128
     c.optimizer.name = "lars"
+    c.model.shortcut, c.model.stem_pool_padding = "first_block_of_stage", "same"
     if arg.startswith("cifar10"):
         c.dataset.name = "cifar10"
         c.dataset.train_split, c.dataset.knn_train_split, c.dataset.knn_test_split = (
@@ -42,6 +47,7 @@ def get_config(arg="cifar10"):
             c.dataset.knn_test_split = "train[4500:]"
         c.dataset.image_size = 32
         c.model.depth, c.model.width, c.model.stem = 18, 1.0, "cifar"
+        c.head.num_layers = 3       # the README's CIFAR-10 command keeps num_proj_layers=3
         c.batch_size = 512
         c.num_epochs = 1000.0
         c.warmup_epochs = 10.0

@@ -12,6 +12,8 @@ r50_1x_memory / cifar10_memory — the same with v2's optional memory: a momentu
     The paper reports ~1% linear top-1 from it at batch 4096 (more at small batches).
 cifar10 — ResNet-50 1x with the CIFAR stem, 3-layer head, batch 512, LARS lr 1.0 x B/256,
     wd 1e-4, T 0.5, 800 epochs, colour strength 0.5, no blur.
+Architecture as SimCLR tf2's resnet.py (projection shortcuts, TF SAME stem max pool). Deliberate
+differences from the official code and the hardware each number needs: FIDELITY.md.
 """
 from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
@@ -31,6 +33,7 @@ def get_config(arg="r50_1x"):
     c.momentum.base, c.momentum.schedule = 0.999, "constant"
     c.moco.queue_size = 4096 if arg == "cifar10" else 65536
     c.head.kind, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = "simclr", 3, 0, 128
+    c.model.shortcut, c.model.stem_pool_padding = "first_block_of_stage", "same"
     c.optimizer.name = "lars"
     if arg == "cifar10":
         c.dataset.name, c.dataset.image_size = "cifar10", 32

@@ -29,7 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_epochs = config_dict.placeholder(float)  # training length; num_steps overrides it
     c.num_steps = config_dict.placeholder(int)
     c.warmup_epochs = 10.0
-    c.lr_schedule = "cosine"               # "cosine" | "step" | "constant"
+    c.lr_schedule = "cosine"               # "cosine" | "step" | "constant" | "cosine_per_epoch"
+                                           # | "cosine_per_epoch_from_1" (optim.make_lr_schedule)
     c.lr_boundaries_epochs = ()            # for "step": epochs where the LR is multiplied by 0.1
 
     c.optimizer = ml_collections.ConfigDict()
@@ -44,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.decay_all = True           # SGD: weight decay on every parameter (PyTorch style)
+    c.optimizer.lars_lr = "before_momentum"  # LARS: "before_momentum" (SimCLR, optax) |
+                                             # "after_momentum" (BYOL, MoCo v3)
     c.optimizer.grad_clip_norm = config_dict.placeholder(float)
 
     c.model = ml_collections.ConfigDict()
@@ -52,6 +55,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 1.0
     c.model.stem = "cifar"                 # "cifar" (3x3/1, no maxpool) | "imagenet"
     c.model.sk_ratio = 0.0
+    c.model.shortcut = "on_shape_change"   # projection shortcut: "on_shape_change" (torchvision)
+                                           # | "first_block_of_stage" (SimCLR tf2)
+    c.model.stem_pool_padding = "torch"    # ImageNet stem max pool: "torch" (1, 1) | "same" (TF)
+    c.model.conv_init = "simclr"           # "simclr" (fan_in truncated normal; also BYOL) |
+                                           # "torchvision" (kaiming normal fan_out; MoCo)
+    c.model.zero_init_residual = True      # last BN of every block starts at 0 (not MoCo v1/v2)
     c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
     c.model.dtype = "float32"              # compute dtype: "bfloat16" on TPU/GPU for speed
     c.model.variant = "small"              # ViT: "small" | "base" | "tiny_test"
@@ -75,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.moco = ml_collections.ConfigDict()        # MoCo v1/v2 key queue
     c.moco.queue_size = 65536
     c.moco.shuffle_bn = True
+    c.moco.symmetric = False                    # CIFAR-10 colab option: loss_12 + loss_21
 
     c.simclr = ml_collections.ConfigDict()      # SimCLR v2 option
     c.simclr.memory = False                     # momentum encoder + queue of extra negatives
@@ -95,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
     c.eval.knn_at_init = True              # also score the randomly initialised encoder at the end
+    c.eval.knn_features = "backbone"       # "backbone" | "projection" (the MoCo colab's monitor)
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000

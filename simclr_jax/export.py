@@ -26,6 +26,8 @@ from simclr_jax.models import build_backbone
 ENCODER_CONFIG = "encoder_config.json"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 
 
 @dataclasses.dataclass
@@ -34,7 +36,7 @@ class Encoder:
     module: Any
     variables: dict          # {"params": ..., "batch_stats": ...}
     image_size: int
-    normalize: str           # "none" | "imagenet"
+    normalize: str           # "none" | "imagenet" | "cifar10"
     model_config: dict
 
     def preprocess(self, images) -> jnp.ndarray:
@@ -46,6 +48,8 @@ class Encoder:
                                  "bilinear")
         if self.normalize == "imagenet":
             x = (x - IMAGENET_MEAN) / IMAGENET_STD
+        elif self.normalize == "cifar10":
+            x = (x - CIFAR10_MEAN) / CIFAR10_STD
         return x
 
     def apply(self, x) -> jnp.ndarray:

@@ -143,18 +143,19 @@ def byol_loss(p: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
 
 def distillation_loss(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray,
                       temperature: float = 1.0) -> jnp.ndarray:
-    """SimCLRv2 self-distillation: mean_i -sum_c softmax(t_i / T)_c * log_softmax(s_i / T)_c.
+    """SimCLRv2 self-distillation: T^2 * mean_i -sum_c softmax(t_i / T)_c log_softmax(s_i / T)_c.
 
-    student_logits, teacher_logits: [N, C]; the teacher gets no gradient. Like SimCLRv2 (and
-    unlike Hinton et al.) the loss is NOT multiplied by T^2, so at T != 1 the gradient scale
-    differs from the "T^2-corrected" convention.
+    student_logits, teacher_logits: [N, C]; the teacher gets no gradient. The T^2 factor is the
+    SimCLRv2 distillation colab's (`add_kd_loss`, as Hinton et al.): it keeps the gradient scale
+    independent of T; at T = 1 (the default) it changes nothing.
     """
     _check_pair("distillation_loss", student_logits, teacher_logits,
                 "student_logits", "teacher_logits")
     t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature   # [N, C]
     s = student_logits.astype(jnp.float32) / temperature                          # [N, C]
     target = jax.nn.softmax(t, axis=-1)                                           # [N, C]
-    return jnp.mean(-jnp.sum(target * jax.nn.log_softmax(s, axis=-1), axis=-1))
+    ce = -jnp.sum(target * jax.nn.log_softmax(s, axis=-1), axis=-1)               # [N]
+    return temperature ** 2 * jnp.mean(ce)
 
 
 

@@ -15,9 +15,10 @@ import optax
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 LR_SCALINGS = ("linear", "sqrt", "none")
-LR_SCHEDULES = ("cosine", "step", "constant")
+LR_SCHEDULES = ("cosine", "step", "constant", "cosine_per_epoch", "cosine_per_epoch_from_1")
 EMA_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("lars", "sgd", "adamw")
+LARS_LR_ORDERS = ("before_momentum", "after_momentum")
 
 
 # ----------------------------------------------------------------------------- LR and length
@@ -125,16 +126,40 @@ def constant_schedule(peak_lr: float, warmup_steps: int = 0) -> Schedule:
     return _after_warmup(peak_lr, warmup_steps, optax.constant_schedule(peak_lr))
 
 
+def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch: int,
+                              warmup_steps: int = 0, first_epoch: int = 0) -> Schedule:
+    """MoCo's `adjust_learning_rate`, called once per epoch: lr = peak * (1 + cos(pi e / E)) / 2
+    held for all of epoch e, E = total_steps / steps_per_epoch. e counts from `first_epoch`:
+    0 in main_moco.py / main_lincls.py (peak in epoch 0), 1 in the MoCo CIFAR-10 colab (its
+    first epoch already decayed, its last at 0)."""
+    _check_lengths(total_steps, warmup_steps)
+    if steps_per_epoch is None or steps_per_epoch <= 0:
+        raise ValueError("a per-epoch cosine schedule needs steps_per_epoch > 0.")
+    num_epochs = total_steps / steps_per_epoch
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        epoch = jnp.floor(t / steps_per_epoch) + first_epoch
+        cosine = peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(epoch / num_epochs, 1.0)))
+        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), cosine)
+
+    return schedule
+
+
 def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
                      boundaries: Sequence[float] = (), steps_per_epoch: int | None = None,
                      factor: float = 0.1) -> Schedule:
-    """Schedule by name: "cosine" | "step" | "constant".
+    """Schedule by name: "cosine" | "step" | "constant" | "cosine_per_epoch" (MoCo) |
+    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab).
 
     For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
     step), otherwise absolute steps.
     """
     if name == "cosine":
         return warmup_cosine_schedule(peak_lr, total_steps, warmup_steps)
+    if name in ("cosine_per_epoch", "cosine_per_epoch_from_1"):
+        return cosine_per_epoch_schedule(peak_lr, total_steps, steps_per_epoch, warmup_steps,
+                                         first_epoch=int(name.endswith("from_1")))
     if name == "constant":
         _check_lengths(total_steps, warmup_steps)
         return constant_schedule(peak_lr, warmup_steps)
@@ -195,6 +220,32 @@ def weight_decay_mask(params, exclude: Sequence[str] = ("probe",)):
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
+def lars(learning_rate, weight_decay: float, mask, *, trust_coefficient: float = 1e-3,
+         momentum: float = 0.9, nesterov: bool = False,
+         lr_order: str = "before_momentum") -> optax.GradientTransformation:
+    """LARS with weight decay and trust ratio on the `mask`ed parameters only.
+
+    g' = g + wd * w; g'' = trust * g', trust = eta * ||w|| / ||g'|| (1 where either norm is 0).
+    "before_momentum" (TF SimCLR's LARSOptimizer, = optax.lars): m = lr * g'' + mu * m;
+      update = -m (nesterov: -(lr * g'' + mu * m)).
+    "after_momentum" (BYOL's and MoCo v3's LARS): an LR-free buffer m = g'' + mu * m;
+      update = -lr * m (nesterov: -lr * (g'' + mu * m)).
+    Identical at constant LR; while the LR changes (warmup, cosine) the second applies today's
+    LR to the whole history instead of the LR each gradient arrived with.
+    """
+    if lr_order == "before_momentum":
+        return optax.lars(learning_rate, weight_decay=weight_decay, weight_decay_mask=mask,
+                          trust_coefficient=trust_coefficient, trust_ratio_mask=mask,
+                          momentum=momentum, nesterov=nesterov)
+    if lr_order != "after_momentum":
+        raise ValueError(f"unknown optimizer.lars_lr {lr_order!r}; use one of {LARS_LR_ORDERS}.")
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask),
+        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+        optax.trace(decay=momentum, nesterov=nesterov),
+        optax.scale_by_learning_rate(learning_rate))
+
+
 def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
                    frozen_mask=None) -> optax.GradientTransformation:
     """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
@@ -204,12 +255,8 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
     computed once from it; otherwise it is computed from the updates tree at each step (same
     structure, so the same mask).
 
-    "lars": optax.lars with weight decay and trust ratio masked by `weight_decay_mask`. optax's
-      order is g' = g + wd * w (masked); g'' = trust * g' (masked), trust = eta * ||w|| / ||g'||
-      (1 where either norm is 0); u = -lr * g''; m = u + mu * m; update = m (nesterov: u + mu * m).
-      The LR enters BEFORE the momentum trace, exactly like TF SimCLR's LARS; BYOL and MoCo v3
-      keep an LR-free momentum buffer (m = g'' + mu * m; update = -lr * m). The two are identical
-      at constant LR and differ only while the LR changes (warmup / decay).
+    "lars": see `lars`; lars_lr picks where the LR enters ("before_momentum": SimCLR / optax,
+      "after_momentum": BYOL / MoCo v3).
     "sgd": PyTorch-style SGD: g' = g + wd * w on every parameter (decay_all=True, the MoCo
       reference) or only on masked ones, then an LR-free momentum buffer m = g' + mu * m and
       update = -lr * m (nesterov: -lr * (g' + mu * m)).
@@ -233,9 +280,9 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
     nesterov = bool(get("nesterov", False))
 
     if name == "lars":
-        tx = optax.lars(learning_rate, weight_decay=wd, weight_decay_mask=mask,
-                        trust_coefficient=get("trust_coefficient", 1e-3),
-                        trust_ratio_mask=mask, momentum=momentum, nesterov=nesterov)
+        tx = lars(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
+                  momentum=momentum, nesterov=nesterov,
+                  lr_order=get("lars_lr", "before_momentum"))
     elif name == "sgd":
         decay_mask = None if get("decay_all", True) else mask
         tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),

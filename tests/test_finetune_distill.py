@@ -165,7 +165,7 @@ def test_distillation_objective_closed_form(alpha):
     labels[[1, 4, 9]] = -1                      # unlabelled: no labelled term
     tau = 0.5
     p_t = np.exp(log_softmax(t / tau))
-    want_distill = np.mean(-(p_t * log_softmax(s / tau)).sum(-1))
+    want_distill = tau ** 2 * np.mean(-(p_t * log_softmax(s / tau)).sum(-1))  # colab's T^2
     lab = labels >= 0
     want_ce = np.mean(-log_softmax(s)[np.flatnonzero(lab), labels[lab]])
     want = alpha * want_distill + (1 - alpha) * want_ce

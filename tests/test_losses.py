@@ -63,6 +63,7 @@ def np_byol(p, z):
 
 
 def np_distill(s, t, tau):
+    """SimCLRv2 distillation colab's add_kd_loss: mean(T^2 * CE(softmax(t / T), s / T))."""
     s = np.asarray(s, np.float64) / tau
     t = np.asarray(t, np.float64) / tau
     total = 0.0
@@ -71,7 +72,7 @@ def np_distill(s, t, tau):
         pt /= pt.sum()
         log_ps = s[i] - s[i].max() - np.log(np.sum(np.exp(s[i] - s[i].max())))
         total += -np.sum(pt * log_ps)
-    return total / s.shape[0]
+    return tau ** 2 * total / s.shape[0]
 
 
 def fd_grad(f, x, eps=1e-6):

@@ -364,3 +364,77 @@ def test_linear_head():
         "dense": {"kernel": (6, 3), "bias": (3,)}}
     with pytest.raises(ValueError, match="num_layers"):
         heads.simclr_projector(num_layers=0)
+
+
+# ----------------------------------------------------------------------------- reference variants
+
+@pytest.mark.parametrize("depth, stem, shortcut, expected", [
+    # SimCLR tf2 resnet.py (use_projection=True on every stage's first block), CIFAR stem:
+    (18, "cifar", "first_block_of_stage", 11_173_056),
+    (18, "cifar", "on_shape_change", 11_168_832),             # torchvision layout, CIFAR stem
+    (50, "imagenet", "first_block_of_stage", 23_508_032),     # bottlenecks always projected
+])
+def test_shortcut_projection_param_counts_equal_official(depth, stem, shortcut, expected):
+    assert _num_params(ResNet(depth=depth, stem=stem, shortcut=shortcut), image_size=32) == \
+        expected
+
+
+def test_simclr_shortcut_projects_stage_one_of_basic_block_nets_only():
+    model = ResNet(depth=34, width_multiplier=TINY, stem="cifar", shortcut="first_block_of_stage")
+    params = jax.eval_shape(lambda: model.init(_key(), jnp.zeros((2, 16, 16, 3)),
+                                               train=False))["params"]
+    projected = sorted(k for k, v in params.items() if k.startswith("stage") and "shortcut" in v)
+    assert projected == ["stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"]
+
+
+def _np_max_pool_3x3_s2(x, pad_lo, pad_hi):
+    """Reference: explicit -inf padding, then the max over every 3x3 window at stride 2."""
+    h = x.shape[1]
+    xp = np.pad(x, ((0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)),
+                constant_values=-np.inf)
+    out = (h + pad_lo + pad_hi - 3) // 2 + 1
+    return np.stack([np.stack([xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2))
+                               for j in range(out)], 1) for i in range(out)], 1)
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_stem_max_pool_padding_matches_torch_and_tf_same(size):
+    from simclr_jax.models.resnet import stem_max_pool
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+    # torch.nn.MaxPool2d(3, 2, padding=1); TF SAME: out = ceil(H/2), pad = 2(out-1) + 3 - H.
+    out = -(-size // 2)
+    total = max(2 * (out - 1) + 3 - size, 0)
+    np.testing.assert_array_equal(stem_max_pool(jnp.asarray(x), "torch"),
+                                  _np_max_pool_3x3_s2(x, 1, 1))
+    np.testing.assert_array_equal(stem_max_pool(jnp.asarray(x), "same"),
+                                  _np_max_pool_3x3_s2(x, total // 2, total - total // 2))
+    if size % 2 == 0:     # even sizes: TF pads (0, 1), torch (1, 1): the windows differ
+        assert not np.array_equal(stem_max_pool(jnp.asarray(x), "same"),
+                                  stem_max_pool(jnp.asarray(x), "torch"))
+
+
+def test_torchvision_init_kaiming_fan_out_and_no_zero_init():
+    """MoCo's torchvision ResNets: conv weights N(0, 2 / fan_out) with fan_out = k*k*C_out,
+    every BN scale 1 (zero_init_residual=False, MoCo v1/v2)."""
+    def init(model):
+        return jax.jit(lambda: model.init(_key(), jnp.zeros((2, 8, 8, 3)), train=False))()
+
+    c = 128                                                   # stage 4 at width 1/4
+    params = init(ResNet(depth=18, width_multiplier=0.25, stem="cifar", conv_init="torchvision",
+                         zero_init_residual=False))["params"]
+    kernel = np.asarray(params["stage4_block2"]["conv2"]["kernel"])         # [3, 3, c, c]
+    assert kernel.std() == pytest.approx(np.sqrt(2.0 / (9 * c)), rel=0.01)
+    assert abs(kernel.mean()) < 0.01 * kernel.std()
+    assert np.abs(kernel).max() > 4 * kernel.std()           # a plain normal, not truncated at 2σ
+    for name, block in _blocks(params).items():
+        np.testing.assert_array_equal(block["bn2"]["scale"], 1.0, err_msg=name)
+    simclr = init(ResNet(depth=18, width_multiplier=0.25, stem="cifar"))["params"]
+    kernel = np.asarray(simclr["stage4_block2"]["conv2"]["kernel"])
+    # SimCLR tf2 VarianceScaling(): truncated normal with variance 1 / fan_in (fan_in = 9c too)
+    assert kernel.std() == pytest.approx(np.sqrt(1.0 / (9 * c)), rel=0.02)
+
+
+def test_resnet_variant_errors():
+    for field in ("shortcut", "stem_pool_padding", "conv_init"):
+        with pytest.raises(ValueError, match=field):
+            ResNet(depth=18, **{field: "bogus"})

@@ -1,4 +1,6 @@
 """The EMA target: no gradient reaches it, and a step changes it only by the EMA formula."""
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -8,8 +10,21 @@ from simclr_jax import optim, parallel, train
 from simclr_jax.methods import common, get_method
 
 
-@pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10"), ("byol.py", "cifar10")])
-def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset):
+def reference_momentum(config, k, total):
+    """m_k of the references: constant (MoCo v1/v2) or 1 - (1 - m0) (cos(pi k / K) + 1) / 2."""
+    m0 = config.momentum.base
+    if config.momentum.schedule == "constant":
+        return m0
+    return 1 - (1 - m0) * (math.cos(math.pi * k / total) + 1) / 2
+
+
+# The momentum of the update after optimizer step 0: BYOL uses tau_0 right after the step;
+# MoCo v3 updates the key encoder with m_1 at the start of iteration 1 (main_moco.py computes
+# moco_m for iteration i and the model updates before computing keys).
+@pytest.mark.parametrize("file,preset,momentum_step", [("moco_v2.py", "cifar10", 0),
+                                                       ("byol.py", "cifar10", 0),
+                                                       ("moco_v3.py", "cifar10", 1)])
+def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset, momentum_step):
     config = tiny(file, preset, batch_size=16, image_size=16)
     mesh = parallel.make_mesh(jax.devices()[:1])
     method = get_method(config.method)
@@ -38,7 +53,7 @@ def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset):
                                 lr_schedule=schedule, total_steps=total)
     new, _ = step(state, batch)
     new = jax.device_get(new)
-    m = float(optim.ema_momentum(0, total, config.momentum.base, config.momentum.schedule))
+    m = reference_momentum(config, momentum_step, total)
     online = common.target_subtree(new.params)
     # Hand computation, leaf by leaf in float64, then compared at float32 precision.
     flat_old, tree = jax.tree.flatten(old_target)

@@ -53,6 +53,19 @@ def test_constant_schedule_and_dispatch():
     np.testing.assert_allclose(got, [0.5], atol=1e-7)
 
 
+@pytest.mark.parametrize("name,first_epoch", [("cosine_per_epoch", 0),
+                                              ("cosine_per_epoch_from_1", 1)])
+def test_cosine_per_epoch_matches_moco_adjust_learning_rate(name, first_epoch):
+    # main_moco.py / the CIFAR-10 colab: once per epoch, lr = base * 0.5 * (1 + cos(pi e / E)),
+    # e = 0..E-1 (main) or 1..E (colab). 4 epochs of 3 steps here.
+    spe, epochs, peak = 3, 4, 0.06
+    sched = optim.make_lr_schedule(name, peak_lr=peak, total_steps=spe * epochs,
+                                   steps_per_epoch=spe)
+    want = [peak * 0.5 * (1 + math.cos(math.pi * e / epochs))
+            for e in range(first_epoch, first_epoch + epochs) for _ in range(spe)]
+    np.testing.assert_allclose(_values(sched, range(spe * epochs)), want, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(name="linear"), "unknown lr_schedule"),
     (dict(name="step"), "needs boundaries"),
@@ -200,6 +213,46 @@ def test_lars_matches_tf_simclr_reference(nesterov):
             assert not np.allclose(got[key], plain[key], rtol=1e-3)
         else:
             np.testing.assert_allclose(got[key], plain[key], rtol=2e-5, atol=1e-6)
+
+
+def test_lars_lr_after_momentum_matches_moco_v3_and_byol_reference():
+    wd, eta, mu = 0.05, 1e-3, 0.9
+    params = _tree(np.random.default_rng(0))
+    grads_seq = _grads(10, 3)
+    cfg = _cfg(name="lars", weight_decay=wd, trust_coefficient=eta, momentum=mu,
+               nesterov=False, lars_lr="after_momentum")
+    got = _run_optax(optim.make_optimizer(cfg, _lr), params, grads_seq)
+
+    # MoCo v3 moco/optimizer.py LARS (BYOL's optimizers.lars is the same order), in float64:
+    #   if ndim > 1: dp = g + wd * w; q = eta * |w| / |dp| (1 if either norm is 0); dp *= q
+    #   mu_buf = mu * mu_buf + dp;  w -= lr * mu_buf        (the LR comes AFTER the buffer)
+    w, buf = _flat(params), {k: 0.0 for k in _flat(params)}
+    for t, grads in enumerate(grads_seq):
+        for key, g in _flat(grads).items():
+            if key in DECAYED:
+                g = g + wd * w[key]
+                wn, gn = np.linalg.norm(w[key]), np.linalg.norm(g)
+                g = g * (eta * wn / gn if (wn > 0 and gn > 0) else 1.0)
+            buf[key] = mu * buf[key] + g
+            w[key] = w[key] - _lr(t) * buf[key]
+    for key in w:
+        np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=1e-6, err_msg=str(key))
+
+
+def test_lars_forms_agree_at_constant_lr_and_differ_while_it_changes():
+    params = _tree(np.random.default_rng(3), zero_kernel=False)
+    grads_seq = _grads(40, 3)
+
+    def run(order, lr):
+        cfg = _cfg(name="lars", weight_decay=0.01, momentum=0.9, lars_lr=order)
+        return _run_optax(optim.make_optimizer(cfg, lr), params, grads_seq)
+
+    for key, v in run("before_momentum", 0.3).items():
+        np.testing.assert_allclose(v, run("after_momentum", 0.3)[key], rtol=1e-5, atol=1e-7)
+    before, after = run("before_momentum", _lr), run("after_momentum", _lr)
+    assert not np.allclose(before[("dense", "kernel")], after[("dense", "kernel")], rtol=1e-4)
+    with pytest.raises(ValueError, match="lars_lr"):
+        run("sideways", 0.3)
 
 
 @pytest.mark.parametrize("decay_all", [True, False])

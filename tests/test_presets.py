@@ -18,7 +18,8 @@ for file, names in {
         "simclr_v2.py": ("r50_1x", "r50_1x_sk", "r152_3x_sk", "cifar10", "r50_1x_memory",
                          "cifar10_memory"),
         "moco_v1.py": ("imagenet_200ep", "cifar10"),
-        "moco_v2.py": ("imagenet_200ep", "imagenet_800ep", "cifar10"),
+        "moco_v2.py": ("imagenet_200ep", "imagenet_800ep", "cifar10", "cifar10_colab",
+                       "cifar10_colab_symmetric"),
         "moco_v3.py": ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base",
                        "cifar10"),
         "byol.py": ("imagenet_300ep", "imagenet_1000ep", "cifar10")}.items():

@@ -19,8 +19,8 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
          blur_prob: float = 0.0, blur_sigma_min: float = 0.1, blur_sigma_max: float = 2.0,
          solarize_prob: float = 0.0, normalize: str = "none") -> ml_collections.ConfigDict:
     """One view's policy with every field spelled out (floats stay floats for type checks)."""
-    if normalize not in ("none", "imagenet"):
-        raise ValueError(f"normalize={normalize!r}: use 'none' or 'imagenet'.")
+    if normalize not in ("none", "imagenet", "cifar10"):
+        raise ValueError(f"normalize={normalize!r}: use 'none', 'imagenet' or 'cifar10'.")
     return ml_collections.ConfigDict(dict(
         crop_area_min=float(crop_area_min), crop_area_max=float(crop_area_max),
         crop_aspect_min=float(crop_aspect_min), crop_aspect_max=float(crop_aspect_max),

@@ -51,11 +51,12 @@ def run(config, workdir: str) -> dict:
     resolved = resolve(config, pre)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(resolved.eval.batch_size, mesh)
-    network = get_method(pre.method).build_network(pre, 0)   # encode() uses the backbone only
+    network = get_method(pre.method).build_network(pre, 0)   # encode(): backbone (+ projector)
     evaluator = train.KnnEvaluator(resolved, mesh, network)
-    params = parallel.replicate(mesh, {"backbone": arrays["params"]["backbone"]})
-    stats = parallel.replicate(mesh, {"backbone": arrays.get("batch_stats", {}).get(
-        "backbone", {})})
+    used = ("backbone", "projector")
+    params = parallel.replicate(mesh, {k: v for k, v in arrays["params"].items() if k in used})
+    stats = parallel.replicate(mesh, {k: v for k, v in arrays.get("batch_stats", {}).items()
+                                      if k in used})
     results = evaluator(params, stats)
     results.update({"step": int(arrays["step"]), "init_from": config.init_from,
                     "dataset": resolved.dataset.name,

@@ -82,14 +82,17 @@ def ema_momentum(config, step, total_steps):
     return optim.ema_momentum(step, total_steps, config.momentum.base, config.momentum.schedule)
 
 
-def ema_update(config, state, total_steps):
-    """After the optimizer step k: target <- m_k * target + (1 - m_k) * online (parameters only).
+def ema_update(config, state, total_steps, momentum_of_next_step: bool = False):
+    """After the optimizer step k: target <- m * target + (1 - m) * online (parameters only).
 
-    Equals the reference order (MoCo updates the key encoder at the start of the next forward
-    pass from the same online parameters; BYOL after the optimizer step).
+    m = m_k by default: BYOL updates the target right after optimizer step k with tau_k (MoCo
+    v1/v2's constant m makes the timing moot: their update at the start of the next forward
+    pass uses the same online parameters). `momentum_of_next_step=True` gives m_{k+1}: MoCo v3
+    computes the momentum of iteration k+1 and updates the key encoder just before its keys.
     """
     from simclr_jax.state import ema
-    m = ema_momentum(config, state.step - 1, total_steps)
+    k = state.step if momentum_of_next_step else state.step - 1     # state.step = k + 1 here
+    m = ema_momentum(config, k, total_steps)
     return state.replace(target_params=ema(state.target_params, target_subtree(state.params), m))
 
 

@@ -3,8 +3,10 @@
 Query = online network on view 1; key = EMA target on view 2 (no gradient); InfoNCE over the
 positive key and the K keys in the queue; then the global batch of keys is enqueued (FIFO).
 "Shuffle BN": with BN over groups of `model.bn_group_size` examples (the per-GPU BN of the
-reference), the key batch is permuted so that no key is computed in the BN group of its query,
-then un-permuted. The queue and its pointer live in the TrainState, on the devices.
+reference), the whole global key batch goes through the key encoder in a uniformly random order
+and is un-permuted after, so a key's BN statistics come from other examples than its query's.
+`moco.symmetric` (the CIFAR-10 colab's option): loss_12 + loss_21, both views' keys enqueued.
+The queue and its pointer live in the TrainState, on the devices.
 """
 from __future__ import annotations
 
@@ -21,15 +23,18 @@ def build_network(config, num_classes: int) -> SSLNetwork:
     backbone = build_backbone(config.model)
     projector, _ = common.build_heads(config, backbone.num_features)
     return SSLNetwork(backbone=backbone, projector=projector,
-                      num_classes=num_classes if config.probe.enabled else 0)
+                      num_classes=num_classes if config.probe.enabled else 0,
+                      knn_features=config.eval.get("knn_features", "backbone"))
 
 
 def validate(config, num_train_examples: int) -> None:
     K, B = config.moco.queue_size, config.batch_size
-    if K <= 0 or K % B:
-        raise ValueError(f"moco.queue_size={K} must be a positive multiple of batch_size={B} "
-                         f"(the whole global batch of keys is enqueued each step); e.g. "
-                         f"--config.moco.queue_size={max(B, (K // B) * B)}.")
+    keys = 2 * B if symmetric(config) else B
+    if K <= 0 or K % keys:
+        raise ValueError(f"moco.queue_size={K} must be a positive multiple of the {keys} keys "
+                         f"enqueued each step (batch_size={B}"
+                         f"{', both views: moco.symmetric' if keys > B else ''}); e.g. "
+                         f"--config.moco.queue_size={max(keys, (K // keys) * keys)}.")
     if K > num_train_examples:
         raise ValueError(f"moco.queue_size={K} is larger than the training set "
                          f"({num_train_examples} images): the queue would hold keys of the same "
@@ -51,22 +56,15 @@ def init_extras(config, network, variables, rng) -> dict:
             "queue_ptr": jnp.zeros((), jnp.int32), "queue_filled": jnp.zeros((), jnp.int32)}
 
 
-def group_derangement(rng, batch_size: int, group_size: int):
-    """A random permutation of [B] under which every example lands in a different BN group.
+def batch_shuffle(rng, batch_size: int):
+    """A uniformly random permutation of the whole global key batch and its inverse.
 
-    Groups are mapped by a random derangement (a random relabelling of a cyclic shift by
-    s in [1, G-1]); examples are shuffled within groups. Returns (perm, inverse) with
-    shuffled = x[perm] and x == shuffled[inverse].
+    The reference's `torch.randperm` over all GPUs: with BN over groups, the key of example i is
+    then normalised with statistics of a random set of other examples, not with those of its
+    query's group (the leak shuffle BN blocks). A function of `rng` only, so every device count
+    draws the same permutation. Returns (perm, inverse): shuffled = x[perm], x == shuffled[inverse].
     """
-    G = batch_size // group_size
-    k_sigma, k_shift, k_within = jax.random.split(rng, 3)
-    sigma = jax.random.permutation(k_sigma, G)                           # [G]
-    inv_sigma = jnp.argsort(sigma)
-    shift = jax.random.randint(k_shift, (), 1, G)
-    src_group = inv_sigma[(sigma + shift) % G]                           # [G], never the identity
-    within = jax.vmap(lambda k: jax.random.permutation(k, group_size))(
-        jax.random.split(k_within, G))                                   # [G, g]
-    perm = (src_group[:, None] * group_size + within).reshape(-1)        # [B]
+    perm = jax.random.permutation(rng, batch_size)                       # [B]
     return perm, jnp.argsort(perm)
 
 
@@ -77,20 +75,42 @@ def enqueue(queue, ptr, filled, keys):
     return queue, (ptr + B) % K, jnp.minimum(filled + B, K)
 
 
-def compute_loss(network, config, params, state, batch, rng):
-    q_out, batch_stats = common.apply_train(network, params, state.batch_stats, batch["view1"])
-    x_k = batch["view2"]                                                 # [B, H, W, 3]
+def symmetric(config) -> bool:
+    """The colab's symmetric option: both views are queries, both are keys (2B keys queued)."""
+    return bool(config.moco.get("symmetric", False))
+
+
+def key_features(network, config, state, x, rng):
+    """L2-normalised keys [B, D] of images x in their original order, and the target's new BN
+    statistics. With shuffle BN the key encoder sees the batch in a random order."""
     if config.moco.shuffle_bn:
-        perm, inverse = group_derangement(rng, x_k.shape[0], config.model.bn_group_size)
-        k_out, target_stats = common.apply_target(network, state, x_k[perm])
-        k = k_out["proj"][inverse]                                       # [B, D] original order
+        perm, inverse = batch_shuffle(rng, x.shape[0])
+        out, target_stats = common.apply_target(network, state, x[perm])
+        k = out["proj"][inverse]                                         # [B, D] original order
     else:
-        k_out, target_stats = common.apply_target(network, state, x_k)
-        k = k_out["proj"]
-    k = k / jnp.linalg.norm(k, axis=1, keepdims=True).clip(1e-12)
-    loss, metrics = losses.infonce_queue(q_out["proj"], k, state.queue, config.loss.temperature)
+        out, target_stats = common.apply_target(network, state, x)
+        k = out["proj"]
+    return losses.l2_normalize(k), target_stats
+
+
+def compute_loss(network, config, params, state, batch, rng):
+    T = config.loss.temperature
+    rng_12, rng_21 = jax.random.split(rng)
+    q_out, batch_stats = common.apply_train(network, params, state.batch_stats, batch["view1"])
+    k2, target_stats = key_features(network, config, state, batch["view2"], rng_12)
+    loss, metrics = losses.infonce_queue(q_out["proj"], k2, state.queue, T)
+    keys = k2                                                            # [B, D]
+    if symmetric(config):                                                # colab: loss_12 + loss_21
+        q2_out, batch_stats = common.apply_train(network, params, batch_stats, batch["view2"])
+        k1, target_stats = key_features(network, config,
+                                        state.replace(target_batch_stats=target_stats),
+                                        batch["view1"], rng_21)
+        loss_21, metrics_21 = losses.infonce_queue(q2_out["proj"], k1, state.queue, T)
+        loss = loss + loss_21
+        metrics = {name: (metrics[name] + metrics_21[name]) / 2 for name in metrics}
+        keys = jnp.concatenate([k1, k2], axis=0)                         # [2B, D]
     queue, ptr, filled = enqueue(state.queue, state.queue_ptr, state.queue_filled,
-                                 jax.lax.stop_gradient(k))
+                                 jax.lax.stop_gradient(keys))
     p_loss, p_metrics = common.probe_loss(q_out, batch["label"], num_views=1)
     metrics = {"contrastive_loss": loss, **metrics, **p_metrics,
                "queue_fill": filled / state.queue.shape[0]}

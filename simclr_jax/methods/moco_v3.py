@@ -2,6 +2,7 @@
 
 loss = ctr(q1, k2) + ctr(q2, k1), ctr = CE(q·kᵀ/T, own index) x 2T over the global batch.
 Each view goes through each encoder in a SEPARATE forward pass (BN statistics per view).
+EMA timing as the reference: the key encoder is updated with m_{k+1} before the keys of step k+1.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def build_network(config, num_classes: int) -> SSLNetwork:
     if predictor is None:
         raise ValueError("moco_v3 needs a predictor: set --config.head.kind=moco_v3")
     return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
-                      num_classes=num_classes if config.probe.enabled else 0)
+                      num_classes=num_classes if config.probe.enabled else 0,
+                      knn_features=config.eval.get("knn_features", "backbone"))
 
 
 def validate(config, num_train_examples: int) -> None:
@@ -53,4 +55,4 @@ def compute_loss(network, config, params, state, batch, rng):
 
 
 def after_update(network, config, state, total_steps):
-    return common.ema_update(config, state, total_steps)
+    return common.ema_update(config, state, total_steps, momentum_of_next_step=True)

@@ -10,12 +10,21 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+KNN_FEATURES = ("backbone", "projection")
+
 
 class SSLNetwork(nn.Module):
     backbone: nn.Module
     projector: nn.Module
     predictor: Optional[nn.Module] = None
     num_classes: int = 0           # > 0 adds the online linear probe on stop-gradient features
+    knn_features: str = "backbone"  # what encode() returns: "backbone" | "projection"
+
+    def __post_init__(self):
+        if self.knn_features not in KNN_FEATURES:
+            raise ValueError(f"eval.knn_features must be one of {KNN_FEATURES}, got "
+                             f"{self.knn_features!r}")
+        super().__post_init__()
 
     def setup(self):
         if self.num_classes > 0:
@@ -32,5 +41,9 @@ class SSLNetwork(nn.Module):
         return out
 
     def encode(self, x, train: bool = False):
-        """Backbone features only (kNN, linear eval, export)."""
-        return self.backbone(x, train=train)
+        """The kNN monitor's features: the backbone's, or with knn_features="projection" the
+        projector output (the MoCo CIFAR-10 colab scores kNN on its 128-d head output)."""
+        features = self.backbone(x, train=train)                         # [B, F]
+        if self.knn_features == "projection":
+            return self.projector(features, train=train)                 # [B, D]
+        return features

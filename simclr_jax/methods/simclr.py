@@ -21,7 +21,8 @@ def build_network(config, num_classes: int) -> SSLNetwork:
     backbone = build_backbone(config.model)
     projector, predictor = common.build_heads(config, backbone.num_features)
     return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
-                      num_classes=num_classes if config.probe.enabled else 0)
+                      num_classes=num_classes if config.probe.enabled else 0,
+                      knn_features=config.eval.get("knn_features", "backbone"))
 
 
 def uses_memory(config) -> bool:

@@ -33,7 +33,11 @@ def _build_resnet(cfg) -> nn.Module:
     return ResNet(depth=int(cfg["depth"]), width_multiplier=float(cfg.get("width", 1.0)),
                   stem=cfg.get("stem", "imagenet"), sk_ratio=float(cfg.get("sk_ratio", 0.0)),
                   bn_group_size=cfg.get("bn_group_size", None),
-                  dtype=compute_dtype(cfg.get("dtype", "float32")))
+                  dtype=compute_dtype(cfg.get("dtype", "float32")),
+                  shortcut=cfg.get("shortcut", "on_shape_change"),
+                  stem_pool_padding=cfg.get("stem_pool_padding", "torch"),
+                  conv_init=cfg.get("conv_init", "simclr"),
+                  zero_init_residual=bool(cfg.get("zero_init_residual", True)))
 
 
 VIT_VARIANTS = {"small": vit.vit_small, "base": vit.vit_base, "tiny_test": vit.vit_tiny_test}
@@ -63,7 +67,8 @@ def build_backbone(model_cfg) -> nn.Module:
 
     Fields: name ("resnet" | "vit"); ViT: variant ("small" | "base" | "tiny_test"), patch_size,
     stop_grad_patch_embed; ResNet: depth, width (multiplier), stem ("imagenet" | "cifar"),
-    sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name).
+    sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name),
+    shortcut, stem_pool_padding, conv_init, zero_init_residual (which reference's ResNet).
     The returned module maps images [B, H, W, 3] to features [B, num_features].
     """
     name = model_cfg.get("name", None)

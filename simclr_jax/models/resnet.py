@@ -4,13 +4,18 @@ Facts taken from the references (torchvision ResNet, SimCLR's `tf2/resnet.py`):
 - v1.5: the stride of a bottleneck block sits on its 3x3 conv; convs have no bias; the last BN of
   every residual block starts with scale 0 so each block starts as the identity on its residual
   path; BN momentum 0.9 (flax convention), epsilon 1e-5.
-- Conv kernels: VarianceScaling(1.0, "fan_in", "truncated_normal") -- the defaults of the
-  `tf.keras.initializers.VarianceScaling()` SimCLR uses.
+- Conv kernels (`conv_init`): "simclr" VarianceScaling(1.0, "fan_in", "truncated_normal"), the
+  `tf.keras.initializers.VarianceScaling()` of SimCLR (and Haiku's default, BYOL);
+  "torchvision" kaiming normal (fan_out, ReLU gain) as MoCo's torchvision ResNets.
+  `zero_init_residual=False` keeps every BN scale at 1 (torchvision's default, MoCo v1/v2).
 - Padding: k // 2 on each side (torchvision, and SimCLR's fixed padding for strided convs), so
-  odd and even input sizes give the same alignment as the references. The stem max pool pads
-  1 on each side (torchvision).
-- Projection shortcut (1x1 conv with the block's stride + BN) only where the shape changes, so
-  the parameter counts equal torchvision's (ResNet-18 11,176,512, ResNet-50 23,508,032).
+  odd and even input sizes give the same alignment as the references. The stem max pool
+  (`stem_pool_padding`): "torch" pads 1 on each side (torchvision, MoCo); "same" is TF's SAME,
+  (0, 1) on even sizes (SimCLR tf2, BYOL).
+- Projection shortcut (1x1 conv with the block's stride + BN), `shortcut`: "on_shape_change"
+  (torchvision: ResNet-18 11,176,512, ResNet-50 23,508,032 parameters) or
+  "first_block_of_stage" (SimCLR tf2's `use_projection=True` on every stage's first block,
+  which adds one to stage 1 of the basic-block nets: ResNet-18 CIFAR stem 11,173,056).
 - sk_ratio > 0 (SimCLRv2): the 3x3 conv of each bottleneck becomes a Selective Kernel conv, the
   ImageNet stem becomes the ResNet-D stem (3x3/2 -> 3x3 -> 3x3, widths 32, 32, 64 x width) and the
   projection shortcut becomes ResNet-D's 2x2 average pool (stride s) -> 1x1 conv -> BN.
@@ -33,7 +38,11 @@ STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3),
 BOTTLENECK_DEPTHS = frozenset({14, 26, 50, 101, 152, 200})
 STEMS = ("imagenet", "cifar")
 STAGE_WIDTHS = (64, 128, 256, 512)
-CONV_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+CONV_INITS = {"simclr": nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+              "torchvision": nn.initializers.variance_scaling(2.0, "fan_out", "normal")}
+CONV_INIT = CONV_INITS["simclr"]
+SHORTCUTS = ("on_shape_change", "first_block_of_stage")
+POOL_PADDINGS = ("torch", "same")
 SK_MIN_DIM = 32            # SimCLRv2: squeeze width = max(int(filters * sk_ratio), 32)
 
 
@@ -52,7 +61,9 @@ def num_features(depth: int, width_multiplier: float = 1.0) -> int:
     return scaled(STAGE_WIDTHS[-1], width_multiplier) * (4 if is_bottleneck(depth) else 1)
 
 
-def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float) -> None:
+def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float,
+                 shortcut: str = "on_shape_change", stem_pool_padding: str = "torch",
+                 conv_init: str = "simclr") -> None:
     if depth not in STAGE_SIZES:
         raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
     if stem not in STEMS:
@@ -61,14 +72,28 @@ def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float
         raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
     if not sk_ratio >= 0:
         raise ValueError(f"sk_ratio must be >= 0 (0 disables Selective Kernel), got {sk_ratio!r}")
+    for field, value, valid in (("shortcut", shortcut, SHORTCUTS),
+                                ("stem_pool_padding", stem_pool_padding, POOL_PADDINGS),
+                                ("conv_init", conv_init, tuple(CONV_INITS))):
+        if value not in valid:
+            raise ValueError(f"ResNet {field} must be one of {valid}, got {value!r}")
 
 
-def conv(features: int, kernel: int, strides: int = 1, *, dtype: Any, name: str) -> nn.Conv:
+def conv(features: int, kernel: int, strides: int = 1, *, dtype: Any, name: str,
+         kernel_init: Any = CONV_INIT) -> nn.Conv:
     """Bias-free conv with symmetric k // 2 padding (torchvision / SimCLR alignment)."""
     pad = ((kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2)
     return nn.Conv(features, (kernel, kernel), (strides, strides), padding=(pad, pad),
-                   use_bias=False, kernel_init=CONV_INIT, dtype=dtype,
+                   use_bias=False, kernel_init=kernel_init, dtype=dtype,
                    param_dtype=jnp.float32, name=name)
+
+
+def stem_max_pool(x, padding: str):
+    """3x3 / 2 max pool of the ImageNet stem. "torch": pad 1 on each side (torchvision);
+    "same": TF SAME (SimCLR tf2, BYOL): out = ceil(H / 2), total pad max(2 (out - 1) + 3 - H, 0),
+    total // 2 before, the rest after: (0, 1) on even sizes. Padding is -inf (never the max)."""
+    return nn.max_pool(x, (3, 3), (2, 2),
+                       padding="SAME" if padding == "same" else ((1, 1), (1, 1)))
 
 
 class SelectiveKernel(nn.Module):
@@ -83,18 +108,20 @@ class SelectiveKernel(nn.Module):
     sk_ratio: float
     bn: Any                                # partial(BatchNorm, ...)
     dtype: Any = jnp.float32
+    kernel_init: Any = CONV_INIT
 
     @nn.compact
     def __call__(self, x, train: bool):
         ura = not train
-        x = conv(2 * self.filters, 3, self.strides, dtype=self.dtype, name="conv")(x)
+        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
+        x = c(2 * self.filters, 3, self.strides, name="conv")(x)
         x = nn.relu(self.bn(name="bn")(x, use_running_average=ura))      # [B, H, W, 2F]
         streams = jnp.stack(jnp.split(x, 2, axis=-1))                      # [2, B, H, W, F]
         pooled = jnp.mean(streams.sum(0), axis=(1, 2), keepdims=True)      # [B, 1, 1, F]
         mid = max(int(self.filters * self.sk_ratio), SK_MIN_DIM)
-        h = conv(mid, 1, dtype=self.dtype, name="squeeze_conv")(pooled)   # [B, 1, 1, mid]
+        h = c(mid, 1, name="squeeze_conv")(pooled)                         # [B, 1, 1, mid]
         h = nn.relu(self.bn(name="squeeze_bn")(h, use_running_average=ura))
-        logits = conv(2 * self.filters, 1, dtype=self.dtype, name="mix_conv")(h)
+        logits = c(2 * self.filters, 1, name="mix_conv")(h)
         mix = nn.softmax(jnp.stack(jnp.split(logits, 2, axis=-1)).astype(jnp.float32), axis=0)
         return jnp.sum(streams * mix.astype(streams.dtype), axis=0)        # [B, H, W, F]
 
@@ -106,6 +133,7 @@ class Shortcut(nn.Module):
     resnet_d: bool
     bn: Any
     dtype: Any = jnp.float32
+    kernel_init: Any = CONV_INIT
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -117,8 +145,13 @@ class Shortcut(nn.Module):
                 x = nn.avg_pool(x, (2, 2), (1, 1), padding=((0, 1), (0, 1)),
                                 count_include_pad=False)
             s = 1
-        x = conv(self.features, 1, s, dtype=self.dtype, name="conv")(x)
+        x = conv(self.features, 1, s, dtype=self.dtype, kernel_init=self.kernel_init,
+                 name="conv")(x)
         return self.bn(name="bn")(x, use_running_average=not train)
+
+
+def _last_bn_scale_init(zero_init_residual: bool):
+    return nn.initializers.zeros if zero_init_residual else nn.initializers.ones
 
 
 class BasicBlock(nn.Module):
@@ -128,18 +161,23 @@ class BasicBlock(nn.Module):
     bn: Any
     resnet_d: bool = False
     dtype: Any = jnp.float32
+    kernel_init: Any = CONV_INIT
+    zero_init_residual: bool = True
+    project_shortcut: bool = False     # a projection even when the shape does not change
 
     @nn.compact
     def __call__(self, x, train: bool):
         ura = not train
+        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
         shortcut = x
-        if self.strides != 1 or x.shape[-1] != self.filters:
+        if self.project_shortcut or self.strides != 1 or x.shape[-1] != self.filters:
             shortcut = Shortcut(self.filters, self.strides, self.resnet_d, self.bn, self.dtype,
-                                name="shortcut")(x, train)
-        y = conv(self.filters, 3, self.strides, dtype=self.dtype, name="conv1")(x)
+                                self.kernel_init, name="shortcut")(x, train)
+        y = c(self.filters, 3, self.strides, name="conv1")(x)
         y = nn.relu(self.bn(name="bn1")(y, use_running_average=ura))
-        y = conv(self.filters, 3, dtype=self.dtype, name="conv2")(y)
-        y = self.bn(name="bn2", scale_init=nn.initializers.zeros)(y, use_running_average=ura)
+        y = c(self.filters, 3, name="conv2")(y)
+        y = self.bn(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_residual))(
+            y, use_running_average=ura)
         return nn.relu(y + shortcut)
 
 
@@ -150,25 +188,30 @@ class BottleneckBlock(nn.Module):
     bn: Any
     sk_ratio: float = 0.0
     dtype: Any = jnp.float32
+    kernel_init: Any = CONV_INIT
+    zero_init_residual: bool = True
+    project_shortcut: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
         ura = not train
+        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
         out = 4 * self.filters
         shortcut = x
-        if self.strides != 1 or x.shape[-1] != out:
+        if self.project_shortcut or self.strides != 1 or x.shape[-1] != out:
             shortcut = Shortcut(out, self.strides, self.sk_ratio > 0, self.bn, self.dtype,
-                                name="shortcut")(x, train)
-        y = conv(self.filters, 1, dtype=self.dtype, name="conv1")(x)
+                                self.kernel_init, name="shortcut")(x, train)
+        y = c(self.filters, 1, name="conv1")(x)
         y = nn.relu(self.bn(name="bn1")(y, use_running_average=ura))
         if self.sk_ratio > 0:
             y = SelectiveKernel(self.filters, self.strides, self.sk_ratio, self.bn, self.dtype,
-                                name="sk")(y, train)
+                                self.kernel_init, name="sk")(y, train)
         else:
-            y = conv(self.filters, 3, self.strides, dtype=self.dtype, name="conv2")(y)
+            y = c(self.filters, 3, self.strides, name="conv2")(y)
             y = nn.relu(self.bn(name="bn2")(y, use_running_average=ura))
-        y = conv(out, 1, dtype=self.dtype, name="conv3")(y)
-        y = self.bn(name="bn3", scale_init=nn.initializers.zeros)(y, use_running_average=ura)
+        y = c(out, 1, name="conv3")(y)
+        y = self.bn(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_residual))(
+            y, use_running_average=ura)
         return nn.relu(y + shortcut)
 
 
@@ -177,6 +220,8 @@ class ResNet(nn.Module):
 
     `dtype` is the compute dtype (bfloat16 on accelerators); parameters and BN statistics stay
     float32. `bn_group_size` is passed to every BN (None: global batch statistics).
+    `shortcut`, `stem_pool_padding`, `conv_init`, `zero_init_residual`: which reference's
+    architecture and initialisation (module docstring).
     """
     depth: int = 50
     width_multiplier: float = 1.0
@@ -186,9 +231,14 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    shortcut: str = "on_shape_change"
+    stem_pool_padding: str = "torch"
+    conv_init: str = "simclr"
+    zero_init_residual: bool = True
 
     def __post_init__(self):
-        check_config(self.depth, self.stem, self.width_multiplier, self.sk_ratio)
+        check_config(self.depth, self.stem, self.width_multiplier, self.sk_ratio, self.shortcut,
+                     self.stem_pool_padding, self.conv_init)
         super().__post_init__()
 
     @property
@@ -200,33 +250,39 @@ class ResNet(nn.Module):
     def __call__(self, x, train: bool):
         bn = partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                      group_size=self.bn_group_size)
+        kernel_init = CONV_INITS[self.conv_init]
+        c = partial(conv, dtype=self.dtype, kernel_init=kernel_init)
         ura = not train
         w = self.width_multiplier
         x = x.astype(self.dtype)                                            # [B, H, W, 3]
 
         if self.stem == "cifar":
-            x = conv(scaled(64, w), 3, 1, dtype=self.dtype, name="stem_conv")(x)
+            x = c(scaled(64, w), 3, 1, name="stem_conv")(x)
             x = nn.relu(bn(name="stem_bn")(x, use_running_average=ura))    # [B, H, W, 64w]
         else:
             if self.sk_ratio > 0:   # ResNet-D stem: 3x3/2 (32w) -> 3x3 (32w) -> 3x3 (64w)
                 half = max(1, scaled(64, w) // 2)
-                for i, (c, s) in enumerate([(half, 2), (half, 1)]):
-                    x = conv(c, 3, s, dtype=self.dtype, name=f"stem_conv{i}")(x)
+                for i, (ch, s) in enumerate([(half, 2), (half, 1)]):
+                    x = c(ch, 3, s, name=f"stem_conv{i}")(x)
                     x = nn.relu(bn(name=f"stem_bn{i}")(x, use_running_average=ura))
-                x = conv(scaled(64, w), 3, 1, dtype=self.dtype, name="stem_conv")(x)
+                x = c(scaled(64, w), 3, 1, name="stem_conv")(x)
             else:
-                x = conv(scaled(64, w), 7, 2, dtype=self.dtype, name="stem_conv")(x)
+                x = c(scaled(64, w), 7, 2, name="stem_conv")(x)
             x = nn.relu(bn(name="stem_bn")(x, use_running_average=ura))    # [B, H/2, W/2, 64w]
-            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))   # [B, H/4, W/4, 64w]
+            x = stem_max_pool(x, self.stem_pool_padding)                    # [B, H/4, W/4, 64w]
 
         for stage, (blocks, width) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_WIDTHS)):
             for b in range(blocks):
                 strides = 2 if stage > 0 and b == 0 else 1
+                project = self.shortcut == "first_block_of_stage" and b == 0
                 name = f"stage{stage + 1}_block{b + 1}"
+                common = dict(dtype=self.dtype, kernel_init=kernel_init,
+                              zero_init_residual=self.zero_init_residual,
+                              project_shortcut=project, name=name)
                 if is_bottleneck(self.depth):
                     x = BottleneckBlock(scaled(width, w), strides, bn, self.sk_ratio,
-                                        self.dtype, name=name)(x, train)
+                                        **common)(x, train)
                 else:
                     x = BasicBlock(scaled(width, w), strides, bn, self.sk_ratio > 0,
-                                   self.dtype, name=name)(x, train)
+                                   **common)(x, train)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))                # [B, C]
