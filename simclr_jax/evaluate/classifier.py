@@ -23,6 +23,7 @@ import numpy as np
 from simclr_jax import checkpoint
 from simclr_jax.models import build_backbone
 from simclr_jax.models.heads import SIMCLR_INIT, LinearHead, MLPHead
+from simclr_jax.errors import UserError
 
 CLASSIFIER_JSON = "classifier.json"
 HEAD = "probe"
@@ -66,7 +67,7 @@ def projector_prefix(projector: MLPHead, k: int):
     """
     hidden = tuple(projector.hidden_dims)
     if not 0 <= k <= len(hidden) + 1:
-        raise ValueError(f"ft_proj_selector={k} but the pretrained projector has "
+        raise UserError(f"ft_proj_selector={k} but the pretrained projector has "
                          f"{len(hidden) + 1} layers; use 0 (classifier on backbone features) .. "
                          f"{len(hidden) + 1}.")
     if k == 0:
@@ -122,14 +123,14 @@ def _take_like(template, source, path: str):
     """`source` restricted to `template`'s tree; shapes must match (pretrained -> new model)."""
     if isinstance(template, dict):
         if not isinstance(source, dict):
-            raise ValueError(f"checkpoint has an array at {path!r} where the model has a subtree.")
+            raise UserError(f"checkpoint has an array at {path!r} where the model has a subtree.")
         missing = [k for k in template if k not in source]
         if missing:
-            raise ValueError(f"the checkpoint has no {path}/{missing[0]} (have: "
+            raise UserError(f"the checkpoint has no {path}/{missing[0]} (have: "
                              f"{sorted(source)}): it was not written by this architecture.")
         return {k: _take_like(template[k], source[k], f"{path}/{k}") for k in template}
     if tuple(template.shape) != tuple(np.shape(source)):
-        raise ValueError(f"shape mismatch at {path}: model {tuple(template.shape)} vs checkpoint "
+        raise UserError(f"shape mismatch at {path}: model {tuple(template.shape)} vs checkpoint "
                          f"{tuple(np.shape(source))}.")
     return source
 
@@ -167,7 +168,7 @@ def merge(frozen: dict, params: dict, batch_stats: dict) -> dict:
 
 def _read_json(path: str, what: str) -> dict:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{os.path.dirname(path)!r} has no {os.path.basename(path)}: "
+        raise UserError(f"{os.path.dirname(path)!r} has no {os.path.basename(path)}: "
                                 f"{what}")
     with open(path) as f:
         return json.load(f)
@@ -176,13 +177,13 @@ def _read_json(path: str, what: str) -> dict:
 def load_pretraining(workdir: str, step: Optional[int] = None):
     """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir."""
     if not workdir:
-        raise ValueError("set --config.init_from=<pretraining workdir> (the --workdir of a "
+        raise UserError("set --config.init_from=<pretraining workdir> (the --workdir of a "
                          "pretraining run).")
     config = ml_collections.ConfigDict(_read_json(
         os.path.join(os.path.abspath(workdir), "config.json"),
         "pass the --workdir of a pretraining run as --config.init_from."))
     if config.get("mode", "pretrain") != "pretrain":
-        raise ValueError(f"{workdir!r} holds a {config.mode!r} run, not a pretraining run; "
+        raise UserError(f"{workdir!r} holds a {config.mode!r} run, not a pretraining run; "
                          f"--config.init_from needs a pretraining workdir.")
     return config, checkpoint.restore_arrays(workdir, step)
 

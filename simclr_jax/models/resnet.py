@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from simclr_jax.models.norm import BatchNorm
+from simclr_jax.errors import UserError
 
 # Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the family's small members: cheap
 # to compile, so the tests can run every preset's real step.
@@ -54,13 +55,13 @@ def num_features(depth: int, width_multiplier: float = 1.0) -> int:
 
 def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float) -> None:
     if depth not in STAGE_SIZES:
-        raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
+        raise UserError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
     if stem not in STEMS:
-        raise ValueError(f"ResNet stem must be one of {STEMS}, got {stem!r}")
+        raise UserError(f"ResNet stem must be one of {STEMS}, got {stem!r}")
     if not width_multiplier > 0:
-        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
+        raise UserError(f"width_multiplier must be > 0, got {width_multiplier!r}")
     if not sk_ratio >= 0:
-        raise ValueError(f"sk_ratio must be >= 0 (0 disables Selective Kernel), got {sk_ratio!r}")
+        raise UserError(f"sk_ratio must be >= 0 (0 disables Selective Kernel), got {sk_ratio!r}")
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, dtype: Any, name: str) -> nn.Conv:
