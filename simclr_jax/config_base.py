@@ -101,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_images = True
+
+    c.guard = ml_collections.ConfigDict()  # divergence guard (simclr_jax/guard.py)
+    c.guard.max_ratio = 10.0               # stop before saving if the interval's loss or param
+                                           # norm exceeds this x its running median; <= 0: off
+    c.allow_config_change = False          # resume although the state/data-stream config
+                                           # changed (recorded in history.jsonl)
     return c
 
 

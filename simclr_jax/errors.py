@@ -14,3 +14,7 @@ class UserError(ValueError):
 
 class DivergedError(RuntimeError):
     """Training diverged (non-finite or exploding); nothing after the last good save was kept."""
+
+
+class NonFiniteLossError(DivergedError):
+    """A NaN/Inf loss or gradient; the state that produced it was not saved."""

@@ -26,9 +26,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 from simclr_jax.data import augment_tf, embedded
 from simclr_jax.errors import UserError
+from simclr_jax.workdir import as_path
 
 MAX_DECODED_BYTES = 1 << 30      # hold decoded uint8 pixels in memory up to 1 GiB
 MAX_ENCODED_BYTES = 2 << 30      # hold a TFDS split's encoded records in memory up to 2 GiB
@@ -180,16 +182,18 @@ def _is_image(name: str) -> bool:
 
 def _list_folder(root: str) -> tuple[list, list, list]:
     """(paths, labels, class_names). Class sub-folders (searched recursively) -> labels in
-    sorted name order; no sub-folder with images -> a flat unlabelled folder (labels -1)."""
-    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
-    subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    loose = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
+    sorted name order; no sub-folder with images -> a flat unlabelled folder (labels -1).
+    Through etils.epath, so root may be a local path or a URI (gs://...)."""
+    top = epath.Path(root)
+    entries = sorted(e.name for e in top.iterdir() if not e.name.startswith("."))
+    subdirs = [e for e in entries if (top / e).is_dir()]
+    loose = [e for e in entries if _is_image(e) and not (top / e).is_dir()]
     classes, paths, labels, empty = [], [], [], []
     for d in subdirs:
         found = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
+        for dirpath, dirnames, filenames in (top / d).walk():
             dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+            found += [str(dirpath / f) for f in sorted(filenames) if _is_image(f)]
         if not found:
             empty.append(d)
             continue
@@ -204,14 +208,14 @@ def _list_folder(root: str) -> tuple[list, list, list]:
             logging.warning("folder %s: %d images at the top level are ignored because the "
                             "folder has class sub-folders.", root, len(loose))
         return paths, labels, classes
-    return [os.path.join(root, f) for f in loose], [-1] * len(loose), []
+    return [str(top / f) for f in loose], [-1] * len(loose), []
 
 
 def _fingerprint(paths: list) -> str:
     h = hashlib.sha1()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = epath.Path(p).stat()
+        h.update(f"{p}\0{st.length}\0{st.mtime}\n".encode())
     return h.hexdigest()
 
 
@@ -303,8 +307,7 @@ def _load_folder(root: str, fingerprint: str, in_memory: Optional[bool]):
 
 
 def _read_bytes(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    return epath.Path(os.fsdecode(path)).read_bytes()
 
 
 def _write_scan_cache(cache_file: str, bad: list, shapes: np.ndarray) -> None:
@@ -319,8 +322,8 @@ def _write_scan_cache(cache_file: str, bad: list, shapes: np.ndarray) -> None:
 
 
 def _folder_source(root: str, split: str, in_memory: Optional[bool]) -> Source:
-    root = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isdir(root):
+    root = str(as_path(root))
+    if not epath.Path(root).is_dir():
         raise UserError(f"folder dataset {root!r} does not exist or is not a directory; use "
                          f"--config.dataset.name=folder:/path/to/images.")
     base, start, stop = parse_split(split)

@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from typing import Any, Callable, Iterator, Optional
 
 import flax
@@ -30,6 +29,7 @@ from simclr_jax import checkpoint, losses, parallel
 from simclr_jax.data import pipeline
 from simclr_jax.state import select_tree, tree_all_finite
 from simclr_jax.train import NonFiniteLossError
+from simclr_jax.workdir import as_path
 from simclr_jax.errors import UserError
 
 
@@ -336,22 +336,20 @@ def fit_protocol(config, state: SupervisedState, task: Task, *, tx, schedule, me
 # ----------------------------------------------------------------------------- outputs
 
 def make_writer(workdir: str):
-    return metric_writers.create_default_writer(workdir,
+    return metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() != 0)
 
 
 def write_json(workdir: str, name: str, payload: dict) -> str:
     """workdir/name (chief only); returns the path."""
-    path = os.path.join(workdir, name)
+    path = as_path(workdir) / name
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return str(path)
 
 
 def write_config(workdir: str, config) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        as_path(workdir).mkdir(parents=True, exist_ok=True)
+        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
