@@ -60,17 +60,22 @@ def main(argv):
 def _loaded_config():
     """The --config value; a config file that does not exist is a user mistake.
 
-    config_flags defers a failed load to the first access, as an OSError chained to its cause.
+    config_flags defers a failed load to the first use, as an OSError whose cause names
+    the file in text ("[Errno 2] No such file or directory: ..."); other failures are bugs in
+    the config file and keep their traceback.
     """
     try:
-        return _CONFIG.value
+        config = _CONFIG.value
+        config.get("mode")   # a failed load raises here, at the first attribute access
+        return config
     except OSError as e:
         cause = e
-        while cause is not None and not isinstance(cause, FileNotFoundError):
+        while cause is not None and "[Errno 2]" not in str(cause):
             cause = cause.__cause__
         if cause is None:
             raise
-        raise UserError(f"cannot load --config: {cause}; pass an existing file, e.g. "
+        reason = str(cause).strip().splitlines()[-1].strip()
+        raise UserError(f"cannot load --config: {reason}; pass an existing file, e.g. "
                         f"--config configs/quickstart.py") from None
 
 

@@ -228,13 +228,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
     total_steps, warmup_steps, lr_schedule = make_schedules(config, train_source.num_examples)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     config_changes = workdir_lib.check_resume(workdir, config, manager.latest_step())
-    if manager.latest_step() == total_steps:
-        finished = workdir_lib.stored_event(workdir, "finished", total_steps)
-        if finished is not None:
-            logging.warning("%s already finished at step %d: the stored result follows, nothing "
-                            "was changed. Pass a larger --config.num_steps to train further.",
-                            workdir, total_steps)
-            return finished
+    finished = workdir_lib.finished_result(workdir, manager.latest_step(), total_steps,
+                                           config_changes)
+    if finished is not None:
+        return finished
 
     network = method.build_network(config, num_classes)
     tx = optim.make_optimizer(config.optimizer, lr_schedule,

@@ -176,6 +176,22 @@ def stored_event(workdir, event: str, step: int) -> Optional[dict]:
     return dict(found[-1]["metrics"]) if found else None
 
 
+def finished_result(workdir, checkpoint_step: Optional[int], total_steps: int,
+                    changes: dict) -> Optional[dict]:
+    """The stored result when this config's run is already complete: nothing to do.
+
+    Not when an accepted change alters the state or the data (that result is another run's).
+    """
+    if checkpoint_step != total_steps or any(changes_state_or_data(k) for k in changes):
+        return None
+    result = stored_event(workdir, "finished", total_steps)
+    if result is not None:
+        logging.warning("%s already finished at step %d: its stored result follows; nothing was "
+                        "changed. Pass a larger --config.num_steps to train further.", workdir,
+                        total_steps)
+    return result
+
+
 def record_metrics(workdir, event: str, metrics: dict) -> None:
     """Append "trained" or "finished" metrics; "finished" also becomes final_metrics.json."""
     if not _is_chief():
