@@ -1,23 +1,35 @@
-"""Orbax checkpoints of the whole TrainState: save every N steps, resume from the latest.
+"""Orbax checkpoints of the whole TrainState: save every N steps, resume from the newest intact one.
 
 Checkpoints hold arrays only (no pickles); the structure comes from a freshly built template
-state, so a checkpoint restores with the template's shardings.
+state, so a checkpoint restores with the template's shardings. Paths go through etils.epath, so
+a workdir may be gs://bucket/run.
+
+A checkpoint that cannot be read (a truncated or missing file) is named in a warning, moved to
+workdir/damaged_checkpoints/<step> (process 0) and the next older one is restored. A checkpoint
+whose tree differs from what the config builds is a user mistake (changed model, method, heads
+or queue size), not damage: it stops with one line instead of falling back.
 """
 from __future__ import annotations
 
-import os
+import logging
+import time
+from typing import Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
+from simclr_jax.errors import UserError
 from simclr_jax.parallel import make_mesh, replicated
 from simclr_jax.state import TrainState
+from simclr_jax.workdir import as_path
+
+DAMAGED = "damaged_checkpoints"
 
 
 def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     return ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        as_path(workdir) / "checkpoints", item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> None:
@@ -27,35 +39,120 @@ def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = Fals
         manager.wait_until_finished()
 
 
+def _is_leaf_metadata(m) -> bool:
+    return hasattr(m, "shape") and hasattr(m, "dtype")
+
+
+def _tree_metadata(manager: ocp.CheckpointManager, step: int):
+    metadata = manager.item_metadata(step)
+    return getattr(metadata, "tree", metadata)
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _structure(tree, is_leaf=None) -> dict:
+    """{"a/b/0": shape} of a pytree of arrays or of array metadata (tuples and dicts alike)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return {"/".join(_key_name(k) for k in p): tuple(getattr(x, "shape", ())) for p, x in flat}
+
+
+def _check_structure(stored, template, directory, step: int) -> None:
+    have, want = _structure(stored, _is_leaf_metadata), _structure(template)
+    differing = [p for p in sorted(set(have) | set(want)) if have.get(p) != want.get(p)]
+    if differing:
+        examples = "; ".join(f"{p}: checkpoint {have.get(p)} vs config {want.get(p)}"
+                             for p in differing[:3])
+        raise UserError(
+            f"checkpoint {directory}/{step} does not fit the model this config builds "
+            f"({len(differing)} arrays differ, e.g. {examples}): the model, method, heads or "
+            f"queue size changed. Use a new --workdir for the new config.")
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> None:
+    """Keep the unreadable checkpoint for inspection, out of the way of the next save."""
+    source = as_path(manager.directory) / str(step)
+    if jax.process_index() == 0 and source.exists():
+        target = as_path(manager.directory).parent / DAMAGED
+        target.mkdir(parents=True, exist_ok=True)
+        destination = target / f"{step}.{int(time.time())}"
+        source.rename(destination)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("simclr_jax_damaged_checkpoint")
+    manager.reload()
+
+
+def _restore_newest_intact(manager: ocp.CheckpointManager, restore_step: Callable,
+                           move_damaged: bool):
+    """(step, restore_step(step)) for the newest checkpoint that reads, or (None, None)."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return step, restore_step(step)
+        except UserError:
+            raise
+        except Exception as e:  # orbax/tensorstore raise many types for a damaged file
+            first_line = (str(e).strip().splitlines() or [""])[0].split(" See full")[0][:200]
+            logging.warning("Checkpoint %s/%d cannot be read (%s: %s); falling back to the "
+                            "previous one.", manager.directory, step, type(e).__name__,
+                            first_line)
+            if move_damaged:
+                _move_aside(manager, step)
+    return None, None
+
+
 def restore_latest(manager: ocp.CheckpointManager, template: TrainState) -> TrainState | None:
-    """The latest checkpoint restored into `template`'s structure/shardings, or None if none."""
-    step = manager.latest_step()
-    if step is None:
+    """The newest intact checkpoint restored into `template`'s structure/shardings, or None."""
+    target = template.to_dict()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+
+    def restore_step(step):
+        _check_structure(_tree_metadata(manager, step), target, manager.directory, step)
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    step, restored = _restore_newest_intact(manager, restore_step, move_damaged=True)
+    if restored is None:
         return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template.to_dict())
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return template.replace_from_dict(restored)
 
 
-def restore_arrays(path: str, step: int | None = None) -> dict:
+def restore_arrays(path: str, step: Optional[int] = None) -> dict:
     """Raw restore of a checkpoint directory (workdir or workdir/checkpoints) as nested dicts.
 
-    Used by evaluation/export, which only need params and batch_stats.
+    Used by evaluation/export, which only need params and batch_stats. Without `step`, the
+    newest intact checkpoint (a damaged one is skipped with a warning, and left in place).
     """
-    directory = os.path.abspath(path)
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
-        directory = os.path.join(directory, "checkpoints")
+    directory = as_path(path)
+    if (directory / "checkpoints").is_dir():
+        directory = directory / "checkpoints"
+    if not directory.is_dir():
+        raise UserError(f"{path} does not exist; pass a pretraining workdir (it contains "
+                        f"checkpoints/<step>/) or the checkpoints directory itself.")
     mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(
-            f"no checkpoint found under {path!r}; pass a pretraining workdir (it contains "
-            f"checkpoints/<step>/) or the checkpoints directory itself.")
     # Restore onto THIS process's devices (replicated), whatever mesh wrote the checkpoint:
     # pretrain on a pod slice, evaluate or export on one GPU or a laptop.
-    metadata = mgr.item_metadata(step)
-    tree = getattr(metadata, "tree", metadata)
     target = replicated(make_mesh())
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target),
-                            tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-    return mgr.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_step(s):
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target),
+            _tree_metadata(mgr, s), is_leaf=_is_leaf_metadata)
+        return mgr.restore(s, args=ocp.args.StandardRestore(abstract))
+
+    if step is not None:
+        if step not in mgr.all_steps():
+            raise UserError(f"{path} has no checkpoint at step {step}; it has steps "
+                            f"{sorted(mgr.all_steps())}.")
+        return restore_step(step)
+    found, arrays = _restore_newest_intact(mgr, restore_step, move_damaged=False)
+    if arrays is None and mgr.all_steps():
+        raise UserError(f"none of the checkpoints under {path} can be read (see the warnings "
+                        f"above); re-run the pretraining to write a new one.")
+    if arrays is None:
+        raise UserError(f"no checkpoint under {path}; pass a pretraining workdir (it contains "
+                        f"checkpoints/<step>/) or the checkpoints directory itself.")
+    return arrays

@@ -9,6 +9,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from simclr_jax.data import aug_presets
+from simclr_jax.errors import UserError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -111,6 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_images = True
+
+    c.guard = ml_collections.ConfigDict()  # divergence guard (simclr_jax/guard.py)
+    c.guard.max_ratio = 10.0               # stop before saving if the interval's loss or param
+                                           # norm exceeds this x its running median; <= 0: off
+    c.allow_config_change = False          # resume although the state/data-stream config
+                                           # changed (recorded in history.jsonl)
     return c
 
 
@@ -122,7 +129,7 @@ def load_config_file(path: str, preset: str | None = None) -> ml_collections.Con
     name = "simclr_jax_config_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None:
-        raise FileNotFoundError(f"config file {path!r} not found")
+        raise UserError(f"config file {path!r} not found")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(preset) if preset is not None else module.get_config()

@@ -1,9 +1,11 @@
 """Checks of a config before any work starts: impossible settings fail with a fix, not a trace."""
 from __future__ import annotations
 
+from simclr_jax.errors import UserError
+
 
 def _fail(msg: str):
-    raise ValueError(msg)
+    raise UserError(msg)
 
 
 def validate_config(config) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+import sys
 from typing import Any
 
 import jax
@@ -21,13 +21,44 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from simclr_jax import checkpoint
+from simclr_jax.errors import UserError
 from simclr_jax.models import build_backbone
+from simclr_jax.workdir import as_path
 
 ENCODER_CONFIG = "encoder_config.json"
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
+EXPECTED = "uint8 [B, H, W, 3] (or one [H, W, 3] image), or float in [0, 1]"
+
+
+def check_images(images) -> tuple[jnp.ndarray, bool]:
+    """(images as [B, H, W, 3], whether one [H, W, 3] image was given), or one clear UserError.
+
+    Floats outside [0, 1] (0..255 floats would be silently mistaken for [0, 1] images) and
+    anything but 3 channels are refused: the features would be meaningless.
+    """
+    x = jnp.asarray(images)
+    single = x.ndim == 3 and x.shape[-1] == 3
+    if single:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        hint = ""
+        if x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
+            hint = " Grayscale? Repeat the channel: np.repeat(x.reshape(*x.shape[:3], 1), 3, -1)."
+        elif x.ndim == 4 and x.shape[-1] == 4:
+            hint = " RGBA? Drop the alpha channel: x[..., :3]."
+        raise UserError(f"the encoder expects {EXPECTED}; got shape {tuple(x.shape)}.{hint}")
+    if x.dtype == jnp.uint8:
+        return x, single
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise UserError(f"the encoder expects {EXPECTED}; got dtype {x.dtype}.")
+    lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    if not (lo >= 0.0 and hi <= 1.0):
+        raise UserError(f"the encoder expects {EXPECTED}; got floats in [{lo:g}, {hi:g}]. "
+                        f"For 0..255 values pass them as uint8 or divide by 255.")
+    return x, single
 
 
 @dataclasses.dataclass
@@ -41,7 +72,7 @@ class Encoder:
 
     def preprocess(self, images) -> jnp.ndarray:
         """uint8 or [0, 1] float images [B, H, W, 3] -> the float input the encoder expects."""
-        x = jnp.asarray(images)
+        x, _ = check_images(images)
         x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
         if x.shape[1:3] != (self.image_size, self.image_size):
             x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[3]),
@@ -57,7 +88,9 @@ class Encoder:
         return self.module.apply(self.variables, x, train=False)
 
     def __call__(self, images) -> jnp.ndarray:
-        return self._jitted(self.preprocess(images))
+        """Features [B, F] of images [B, H, W, 3]; [F] for one [H, W, 3] image."""
+        features = self._jitted(self.preprocess(images))
+        return features[0] if check_images(images)[1] else features
 
     def __post_init__(self):
         self._jitted = jax.jit(self.apply)
@@ -71,21 +104,18 @@ def _encoder_from(model_cfg: dict, image_size: int, normalize: str, params, batc
 
 def load_encoder(path: str, step: int | None = None) -> Encoder:
     """Encoder from a pretraining workdir (config.json + checkpoints/) or an export directory."""
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, ENCODER_CONFIG)):
-        with open(os.path.join(path, ENCODER_CONFIG)) as f:
-            meta = json.load(f)
-        arrays = ocp.StandardCheckpointer().restore(os.path.join(path, "encoder"))
+    root = as_path(path)
+    if (root / ENCODER_CONFIG).exists():
+        meta = json.loads((root / ENCODER_CONFIG).read_text())
+        arrays = ocp.StandardCheckpointer().restore(root / "encoder")
         return _encoder_from(meta["model"], meta["image_size"], meta["normalize"],
                              arrays["params"], arrays["batch_stats"])
-    workdir = os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{path!r} is neither a pretraining workdir (no config.json) nor "
-                                f"an export directory (no {ENCODER_CONFIG}).")
-    with open(config_path) as f:
-        config = json.load(f)
-    arrays = checkpoint.restore_arrays(workdir, step)
+    workdir = root.parent if root.name == "checkpoints" else root
+    if not (workdir / "config.json").exists():
+        raise UserError(f"{path} is neither a pretraining workdir (no config.json) nor an export "
+                        f"directory (no {ENCODER_CONFIG}).")
+    config = json.loads((workdir / "config.json").read_text())
+    arrays = checkpoint.restore_arrays(str(workdir), step)
     return _encoder_from(config["model"], config["dataset"]["image_size"],
                          config["aug"]["view1"].get("normalize", "none"),
                          arrays["params"]["backbone"], arrays["batch_stats"].get("backbone", {}))
@@ -94,16 +124,18 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
 def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
     """Write the backbone alone (arrays + encoder_config.json) to out_dir."""
     enc = load_encoder(workdir, step)
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    out = as_path(out_dir)
+    if jax.process_index() == 0:   # one process writes; the arrays are the same everywhere
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(out_dir, "encoder"), jax.device_get(enc.variables), force=True)
+    ckpt.save(out / "encoder", jax.device_get(enc.variables), force=True)
     ckpt.wait_until_finished()
-    with open(os.path.join(out_dir, ENCODER_CONFIG), "w") as f:
-        json.dump({"model": enc.model_config, "image_size": enc.image_size,
-                   "normalize": enc.normalize,
-                   "num_features": int(enc.module.num_features)}, f, indent=2)
-    return out_dir
+    if jax.process_index() == 0:
+        (out / ENCODER_CONFIG).write_text(json.dumps(
+            {"model": enc.model_config, "image_size": enc.image_size,
+             "normalize": enc.normalize, "num_features": int(enc.module.num_features)},
+            indent=2))
+    return str(out)
 
 
 def main(argv=None):
@@ -112,7 +144,11 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None)
     a = p.parse_args(argv)
-    print(export_encoder(a.workdir, a.out, a.step))
+    try:
+        print(export_encoder(a.workdir, a.out, a.step))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

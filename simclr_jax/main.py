@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from simclr_jax.errors import DivergedError, UserError
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/<method>.py[:preset]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, "
@@ -46,14 +48,35 @@ def main(argv):
     import tensorflow as tf  # tf.data only: keep TensorFlow off the accelerators
     tf.config.set_visible_devices([], "GPU")
 
-    from simclr_jax import train
     try:
-        summary = run_mode(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError, train.NonFiniteLossError) as e:
+        summary = run_mode(_loaded_config(), _WORKDIR.value)
+    except (UserError, DivergedError) as e:  # anything else is a bug: keep its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(format_summary(summary))
+
+
+def _loaded_config():
+    """The --config value; a config file that does not exist is a user mistake.
+
+    config_flags defers a failed load to the first use, as an OSError whose cause names
+    the file in text ("[Errno 2] No such file or directory: ..."); other failures are bugs in
+    the config file and keep their traceback.
+    """
+    try:
+        config = _CONFIG.value
+        config.get("mode")   # a failed load raises here, at the first attribute access
+        return config
+    except OSError as e:
+        cause = e
+        while cause is not None and "[Errno 2]" not in str(cause):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        reason = str(cause).strip().splitlines()[-1].strip()
+        raise UserError(f"cannot load --config: {reason}; pass an existing file, e.g. "
+                        f"--config configs/quickstart.py") from None
 
 
 MODES = {"linear_eval": "linear", "knn": "knn_mode", "finetune": "finetune",
@@ -69,7 +92,7 @@ def run_mode(config, workdir):
     if mode == "pretrain":
         return train.train_and_evaluate(config, workdir)
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; valid: pretrain, {', '.join(MODES)}")
+        raise UserError(f"unknown mode {mode!r}; valid: pretrain, {', '.join(MODES)}")
     return importlib.import_module(f"simclr_jax.evaluate.{MODES[mode]}").run(config, workdir)
 
 

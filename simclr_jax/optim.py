@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from simclr_jax.errors import UserError
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -30,14 +31,14 @@ def scaled_lr(base_lr: float, batch_size: int, scaling: str = "linear") -> float
     / long-training variant, e.g. 0.075 * sqrt(4096) = 4.8); "none": base as given.
     """
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}.")
+        raise UserError(f"batch_size must be > 0, got {batch_size}.")
     if scaling == "linear":
         return base_lr * batch_size / 256.0
     if scaling == "sqrt":
         return base_lr * math.sqrt(batch_size)
     if scaling == "none":
         return float(base_lr)
-    raise ValueError(f"unknown lr_scaling {scaling!r}; use one of {LR_SCALINGS}.")
+    raise UserError(f"unknown lr_scaling {scaling!r}; use one of {LR_SCALINGS}.")
 
 
 def resolve_steps(num_epochs: float | None = None, num_steps: int | None = None, *,
@@ -50,19 +51,19 @@ def resolve_steps(num_epochs: float | None = None, num_steps: int | None = None,
     with a minimum of 1 step.
     """
     if (num_epochs is None) == (num_steps is None):
-        raise ValueError("set exactly one of num_epochs and num_steps (got "
+        raise UserError("set exactly one of num_epochs and num_steps (got "
                          f"num_epochs={num_epochs}, num_steps={num_steps}); e.g. "
                          "--config.num_epochs=100 or --config.num_steps=10000.")
     if examples_per_epoch <= 0:
-        raise ValueError(f"examples_per_epoch must be > 0, got {examples_per_epoch}.")
+        raise UserError(f"examples_per_epoch must be > 0, got {examples_per_epoch}.")
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be > 0, got {batch_size}.")
+        raise UserError(f"batch_size must be > 0, got {batch_size}.")
     if num_steps is not None:
         if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps <= 0:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+            raise UserError(f"num_steps must be a positive integer, got {num_steps!r}.")
         return int(num_steps)
     if not num_epochs > 0:
-        raise ValueError(f"num_epochs must be > 0, got {num_epochs!r}.")
+        raise UserError(f"num_epochs must be > 0, got {num_epochs!r}.")
     steps_per_epoch = max(1, examples_per_epoch // batch_size)
     return max(1, int(math.floor(num_epochs * steps_per_epoch + 0.5)))
 
@@ -71,9 +72,9 @@ def resolve_steps(num_epochs: float | None = None, num_steps: int | None = None,
 
 def _check_lengths(total_steps: int, warmup_steps: int) -> None:
     if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}.")
+        raise UserError(f"total_steps must be > 0, got {total_steps}.")
     if warmup_steps < 0 or (warmup_steps > 0 and warmup_steps >= total_steps):
-        raise ValueError(f"warmup_steps must be in [0, total_steps) = [0, {total_steps}), got "
+        raise UserError(f"warmup_steps must be in [0, total_steps) = [0, {total_steps}), got "
                          f"{warmup_steps}; shorten the warmup or train longer.")
 
 
@@ -107,7 +108,7 @@ def step_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
     _check_lengths(total_steps, warmup_steps)
     bounds = [int(b) for b in boundaries]
     if any(b <= 0 for b in bounds) or sorted(bounds) != bounds:
-        raise ValueError(f"step-schedule boundaries must be positive and increasing, got "
+        raise UserError(f"step-schedule boundaries must be positive and increasing, got "
                          f"{tuple(boundaries)}.")
     # join_schedules hands the second schedule t - warmup_steps; shift the boundaries with it.
     # A boundary inside the warmup takes effect when the warmup ends.
@@ -122,7 +123,7 @@ def step_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
 def constant_schedule(peak_lr: float, warmup_steps: int = 0) -> Schedule:
     """Linear warmup to peak, then constant (linear-probe and debugging runs)."""
     if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+        raise UserError(f"warmup_steps must be >= 0, got {warmup_steps}.")
     return _after_warmup(peak_lr, warmup_steps, optax.constant_schedule(peak_lr))
 
 
@@ -134,7 +135,7 @@ def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch:
     first epoch already decayed, its last at 0)."""
     _check_lengths(total_steps, warmup_steps)
     if steps_per_epoch is None or steps_per_epoch <= 0:
-        raise ValueError("a per-epoch cosine schedule needs steps_per_epoch > 0.")
+        raise UserError("a per-epoch cosine schedule needs steps_per_epoch > 0.")
     num_epochs = total_steps / steps_per_epoch
 
     def schedule(step):
@@ -165,12 +166,12 @@ def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_step
         return constant_schedule(peak_lr, warmup_steps)
     if name == "step":
         if not boundaries:
-            raise ValueError("lr_schedule='step' needs boundaries, e.g. "
+            raise UserError("lr_schedule='step' needs boundaries, e.g. "
                              "--config.lr_boundaries_epochs='(120, 160)'.")
         if steps_per_epoch is not None:
             boundaries = [int(round(b * steps_per_epoch)) for b in boundaries]
         return step_schedule(peak_lr, total_steps, warmup_steps, boundaries, factor)
-    raise ValueError(f"unknown lr_schedule {name!r}; use one of {LR_SCHEDULES}.")
+    raise UserError(f"unknown lr_schedule {name!r}; use one of {LR_SCHEDULES}.")
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -182,15 +183,15 @@ def ema_momentum(step, total_steps: int, base: float, schedule: str = "constant"
     from base at k = 0 to 1 at k = K (BYOL, MoCo v3); k is clipped to [0, K].
     """
     if not 0.0 <= base <= 1.0:
-        raise ValueError(f"EMA base momentum must be in [0, 1], got {base}.")
+        raise UserError(f"EMA base momentum must be in [0, 1], got {base}.")
     if schedule == "constant":
         return jnp.float32(base)
     if schedule == "cosine":
         if total_steps <= 0:
-            raise ValueError(f"total_steps must be > 0, got {total_steps}.")
+            raise UserError(f"total_steps must be > 0, got {total_steps}.")
         frac = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
         return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * frac) + 1.0) / 2.0
-    raise ValueError(f"unknown EMA schedule {schedule!r}; use one of {EMA_SCHEDULES}.")
+    raise UserError(f"unknown EMA schedule {schedule!r}; use one of {EMA_SCHEDULES}.")
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -238,7 +239,7 @@ def lars(learning_rate, weight_decay: float, mask, *, trust_coefficient: float =
                           trust_coefficient=trust_coefficient, trust_ratio_mask=mask,
                           momentum=momentum, nesterov=nesterov)
     if lr_order != "after_momentum":
-        raise ValueError(f"unknown optimizer.lars_lr {lr_order!r}; use one of {LARS_LR_ORDERS}.")
+        raise UserError(f"unknown optimizer.lars_lr {lr_order!r}; use one of {LARS_LR_ORDERS}.")
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask),
         optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
@@ -271,7 +272,7 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
     name = get("name")
     wd = float(get("weight_decay", 0.0) or 0.0)
     if wd < 0:
-        raise ValueError(f"optimizer.weight_decay must be >= 0, got {wd}.")
+        raise UserError(f"optimizer.weight_decay must be >= 0, got {wd}.")
     if params_for_mask is not None:
         mask = weight_decay_mask(params_for_mask)
     else:
@@ -292,12 +293,12 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
                          eps=get("eps", 1e-8), weight_decay=wd,
                          mask=None if get("decay_all", True) else mask)
     else:
-        raise ValueError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
+        raise UserError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
 
     clip = get("grad_clip_norm", None)
     if clip is not None:
         if clip <= 0:
-            raise ValueError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
+            raise UserError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     if frozen_mask is not None:
         tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen_mask))

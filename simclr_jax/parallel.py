@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from simclr_jax.errors import UserError
 
 DATA_AXIS = "data"
 
@@ -32,7 +33,7 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
     n = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % n:
         lower = max(n, (global_batch_size // n) * n)
-        raise ValueError(
+        raise UserError(
             f"batch_size={global_batch_size} does not divide over {n} devices; "
             f"use a multiple of {n}, e.g. --config.batch_size={lower} or {lower + n}.")
 

@@ -7,9 +7,7 @@ so stopping and resuming reproduces an uninterrupted run exactly.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import signal
 import time
 
@@ -20,17 +18,16 @@ import optax
 from clu import metric_writers, periodic_actions
 
 from simclr_jax import checkpoint, optim, parallel
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
 from simclr_jax.data import pipeline, sources
+from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
+from simclr_jax.guard import DivergenceGuard
 from simclr_jax.evaluate import knn
 from simclr_jax.methods import get_method
 from simclr_jax.methods.network import SSLNetwork
 from simclr_jax.models import frozen_param_mask
 from simclr_jax.state import TrainState, select_tree, tree_all_finite
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf; the state that produced it was not saved."""
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -142,7 +139,7 @@ class KnnEvaluator:
         self.bank = sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir"))
         self.test = sources.get_source(ds.name, ds.knn_test_split, ds.get("data_dir"))
         if not self.bank.num_classes:
-            raise ValueError(f"kNN evaluation needs labels but {ds.name}:{ds.knn_train_split} "
+            raise UserError(f"kNN evaluation needs labels but {ds.name}:{ds.knn_train_split} "
                              f"has none; set --config.dataset.knn_train_split='' to disable it.")
         self.config, self.mesh = config, mesh
         self.features = make_feature_fn(network, mesh)
@@ -204,13 +201,19 @@ def _mean_metrics(history: list[dict]) -> dict:
 def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None) -> dict:
     """Pretrain with `config`, writing TensorBoard events and checkpoints under `workdir`.
 
-    Resumes automatically from the latest checkpoint in `workdir`. `stop_after_steps` ends this
-    invocation (with a checkpoint) after that many steps, for time-limited job slots; the next
-    invocation resumes. Returns the final metrics (including kNN accuracy of the learned encoder
-    and of the same encoder at initialisation).
+    Resumes automatically from the newest intact checkpoint in `workdir`; re-running a finished
+    run returns its stored result and changes nothing (see `workdir.py` for the lock, the
+    history and the config check at resume). `stop_after_steps` ends this invocation (with a
+    checkpoint) after that many steps, for time-limited job slots; the next invocation resumes.
+    Returns the final metrics (including kNN accuracy of the learned encoder and of the same
+    encoder at initialisation).
     """
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.WorkdirLock(workdir):
+        return _train_and_evaluate(config, workdir, stop_after_steps)
+
+
+def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh)
     method = get_method(config.method)
@@ -218,11 +221,17 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     train_source = sources.get_source(config.dataset.name, config.dataset.train_split,
                                       config.dataset.get("data_dir"))
     if train_source.num_examples < config.batch_size:
-        raise ValueError(f"the training split has {train_source.num_examples} examples, fewer "
+        raise UserError(f"the training split has {train_source.num_examples} examples, fewer "
                          f"than one batch ({config.batch_size}); lower --config.batch_size.")
     method.validate(config, train_source.num_examples)
     num_classes = train_source.num_classes or 0
     total_steps, warmup_steps, lr_schedule = make_schedules(config, train_source.num_examples)
+    manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
+    config_changes = workdir_lib.check_resume(workdir, config, manager.latest_step())
+    finished = workdir_lib.finished_result(workdir, manager.latest_step(), total_steps,
+                                           config_changes)
+    if finished is not None:
+        return finished
 
     network = method.build_network(config, num_classes)
     tx = optim.make_optimizer(config.optimizer, lr_schedule,
@@ -230,18 +239,27 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     init_rng = jax.random.PRNGKey(config.seed)
     state = create_train_state(config, network, tx, method, mesh, init_rng)
 
-    manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
         state = restored
         logging.info("Resumed from checkpoint at step %d.", int(state.step))
     start_step = int(jax.device_get(state.step))
+    if start_step > total_steps:
+        raise UserError(f"{workdir} holds a checkpoint at step {start_step}, beyond this "
+                        f"config's {total_steps} steps; pass --config.num_steps={start_step} or "
+                        f"more, or use a new --workdir.")
+    if restored is not None and workdir_lib.stored_event(workdir, "finished", start_step):
+        logging.warning("Continuing the run finished at step %d to step %d.", start_step,
+                        total_steps)
+    workdir_lib.record_start(workdir, config, start_step=start_step, total_steps=total_steps,
+                             changes=config_changes)
+    guard = DivergenceGuard.start(config.guard.max_ratio, manager.directory,
+                                  start_step if restored is not None else None,
+                                  float(optax.global_norm(state.params)))
 
     is_chief = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
     if is_chief:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
         if start_step == 0:
             writer.write_hparams({"total_steps": total_steps, "warmup_steps": warmup_steps,
                                   "num_devices": jax.device_count(),
@@ -283,12 +301,7 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
                     or at_end or stop.requested):
                 summary = _mean_metrics(history)
                 history = []
-                if summary["nonfinite"] > 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient between steps {last_log_step} and {done}; "
-                        f"the state was not updated by those steps and not saved. The last good "
-                        f"checkpoint in {workdir} is kept: lower the learning rate "
-                        f"(--config.optimizer.base_lr) or check the data, then re-run to resume.")
+                guard.check(summary, last_log_step, done)
                 elapsed = time.time() - last_log_time
                 images = (done - last_log_step) * config.batch_size
                 summary["images_per_sec_per_device"] = images / elapsed / jax.device_count()
@@ -301,6 +314,7 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
                 logging.info("step %d: %s", done, knn_metrics)
             if done % config.checkpoint_every_steps == 0 or at_end or stop.requested:
                 save()
+                guard.saved(done)
             if stop.requested:
                 break
     finally:
@@ -308,6 +322,14 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
         stop.restore()
 
     final_step = int(jax.device_get(state.step))
+    if final_step == total_steps and start_step == total_steps:
+        # Resumed after the last save (a crash during the final evaluation): the training
+        # metrics were recorded before it; the learned encoder is scored again if they lack it.
+        summary = workdir_lib.stored_event(workdir, "trained", final_step) or {}
+        if evaluator.enabled and "knn_top1" not in summary:
+            summary.update(evaluator(state.params, state.batch_stats))
+    elif final_step == total_steps:
+        workdir_lib.record_metrics(workdir, "trained", {**summary, "step": final_step})
     if final_step == total_steps and evaluator.enabled and config.eval.get("knn_at_init", True):
         init_state = create_train_state(config, network, tx, method, mesh, init_rng)
         init_metrics = {f"{k}_init": v
@@ -316,7 +338,6 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
         summary.update(init_metrics)
     writer.flush()
     summary["step"] = final_step
-    if is_chief:
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+    if final_step == total_steps:
+        workdir_lib.record_metrics(workdir, "finished", summary)
     return summary

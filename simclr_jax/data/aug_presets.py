@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import ml_collections
+from simclr_jax.errors import UserError
 
 
 def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
@@ -20,7 +21,7 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
          solarize_prob: float = 0.0, normalize: str = "none") -> ml_collections.ConfigDict:
     """One view's policy with every field spelled out (floats stay floats for type checks)."""
     if normalize not in ("none", "imagenet", "cifar10"):
-        raise ValueError(f"normalize={normalize!r}: use 'none', 'imagenet' or 'cifar10'.")
+        raise UserError(f"normalize={normalize!r}: use 'none', 'imagenet' or 'cifar10'.")
     return ml_collections.ConfigDict(dict(
         crop_area_min=float(crop_area_min), crop_area_max=float(crop_area_max),
         crop_aspect_min=float(crop_aspect_min), crop_aspect_max=float(crop_aspect_max),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 
 import tensorflow as tf
+from simclr_jax.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,7 +100,7 @@ def sample_crop_window(height, width, view_cfg, seed):
 def resize(image, image_size: int, method: str):
     """uint8/float [h, w, 3] -> float32 [S, S, 3] in [0, 1] (values scaled by 1/255 first)."""
     if method not in _RESIZE_METHODS:
-        raise ValueError(f"resize_method={method!r}; choose one of {sorted(_RESIZE_METHODS)}.")
+        raise UserError(f"resize_method={method!r}; choose one of {sorted(_RESIZE_METHODS)}.")
     x = tf.cast(image, tf.float32) / 255.0
     x = tf.image.resize(x, [image_size, image_size], method=_RESIZE_METHODS[method],
                         antialias=method != "nearest")
@@ -144,7 +145,7 @@ def color_jitter(x, view_cfg, seeds):
         fns[2] = lambda t: clip(tf.image.adjust_saturation(t, f_s))
     if view_cfg.hue > 0:
         if view_cfg.hue > 0.5:
-            raise ValueError(f"hue={view_cfg.hue} must be in [0, 0.5] (a hue shift is mod 1).")
+            raise UserError(f"hue={view_cfg.hue} must be in [0, 0.5] (a hue shift is mod 1).")
         d_h = _uniform(seeds[_S_HUE], [], -view_cfg.hue, view_cfg.hue)
         fns[3] = lambda t: clip(tf.image.adjust_hue(t, d_h))
     return apply_in_order(x, fns, jitter_order(seeds[_S_ORDER]))
@@ -202,7 +203,7 @@ def normalize(x, how: str):
         return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
     if how == "cifar10":
         return (x - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
-    raise ValueError(f"normalize={how!r}; use 'none', 'imagenet' or 'cifar10'.")
+    raise UserError(f"normalize={how!r}; use 'none', 'imagenet' or 'cifar10'.")
 
 
 # ----------------------------------------------------------------------------- views

@@ -10,6 +10,7 @@ image is replicated to 3 channels so every model and augmentation sees RGB.
 from __future__ import annotations
 
 import numpy as np
+from simclr_jax.errors import UserError
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 32
@@ -50,7 +51,7 @@ def digits_split_indices(split: str, labels: np.ndarray) -> np.ndarray:
     if split == "all":
         return np.arange(len(labels))
     if split not in ("train", "test"):
-        raise ValueError(f"digits has splits 'train', 'test' and 'all', not {split!r}.")
+        raise UserError(f"digits has splits 'train', 'test' and 'all', not {split!r}.")
     rng = np.random.default_rng(_SPLIT_SEED)
     chosen = []
     for c in range(NUM_CLASSES):

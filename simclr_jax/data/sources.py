@@ -26,8 +26,11 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 from simclr_jax.data import augment_tf, embedded
+from simclr_jax.errors import UserError
+from simclr_jax.workdir import as_path
 
 MAX_DECODED_BYTES = 1 << 30      # hold decoded uint8 pixels in memory up to 1 GiB
 MAX_ENCODED_BYTES = 2 << 30      # hold a TFDS split's encoded records in memory up to 2 GiB
@@ -113,7 +116,7 @@ def get_source(spec: str, split: str, data_dir: Optional[str] = None, *,
     (folders: read files on demand; TFDS: stream).
     """
     if not spec:
-        raise ValueError("empty dataset name: use 'digits', 'folder:/path/to/images' or a TFDS "
+        raise UserError("empty dataset name: use 'digits', 'folder:/path/to/images' or a TFDS "
                          "name such as 'cifar10'.")
     if spec == "digits":
         return _digits_source(split)
@@ -131,7 +134,7 @@ def parse_split(split: str) -> tuple[str, Optional[str], Optional[str]]:
     """"train[:90%]" -> ("train", None, "90%")."""
     m = _SLICE_RE.match(split.replace(" ", ""))
     if not m:
-        raise ValueError(f"cannot parse split {split!r}; use e.g. 'train', 'train[:4500]', "
+        raise UserError(f"cannot parse split {split!r}; use e.g. 'train', 'train[:4500]', "
                          f"'train[4500:]', 'train[:90%]' or 'train[-10%:]'.")
     return m.group(1), m.group(2), m.group(3)
 
@@ -165,7 +168,7 @@ def _digits_source(split: str) -> Source:
     idx = embedded.digits_split_indices(base, labels)
     idx = idx[slice_per_class(labels[idx], start, stop)]
     if len(idx) == 0:
-        raise ValueError(f"digits split {split!r} is empty.")
+        raise UserError(f"digits split {split!r} is empty.")
     return Source(name="digits", split=split, num_examples=len(idx),
                   num_classes=embedded.NUM_CLASSES, image_shape=images.shape[1:],
                   storage="array", images=images[idx], labels=labels[idx])
@@ -179,16 +182,18 @@ def _is_image(name: str) -> bool:
 
 def _list_folder(root: str) -> tuple[list, list, list]:
     """(paths, labels, class_names). Class sub-folders (searched recursively) -> labels in
-    sorted name order; no sub-folder with images -> a flat unlabelled folder (labels -1)."""
-    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
-    subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
-    loose = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
+    sorted name order; no sub-folder with images -> a flat unlabelled folder (labels -1).
+    Through etils.epath, so root may be a local path or a URI (gs://...)."""
+    top = epath.Path(root)
+    entries = sorted(e.name for e in top.iterdir() if not e.name.startswith("."))
+    subdirs = [e for e in entries if (top / e).is_dir()]
+    loose = [e for e in entries if _is_image(e) and not (top / e).is_dir()]
     classes, paths, labels, empty = [], [], [], []
     for d in subdirs:
         found = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
+        for dirpath, dirnames, filenames in (top / d).walk():
             dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+            found += [str(dirpath / f) for f in sorted(filenames) if _is_image(f)]
         if not found:
             empty.append(d)
             continue
@@ -203,14 +208,14 @@ def _list_folder(root: str) -> tuple[list, list, list]:
             logging.warning("folder %s: %d images at the top level are ignored because the "
                             "folder has class sub-folders.", root, len(loose))
         return paths, labels, classes
-    return [os.path.join(root, f) for f in loose], [-1] * len(loose), []
+    return [str(top / f) for f in loose], [-1] * len(loose), []
 
 
 def _fingerprint(paths: list) -> str:
     h = hashlib.sha1()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = epath.Path(p).stat()
+        h.update(f"{p}\0{st.length}\0{st.mtime}\n".encode())
     return h.hexdigest()
 
 
@@ -253,7 +258,7 @@ def _load_folder(root: str, fingerprint: str, in_memory: Optional[bool]):
     the same folder share one scan. Returns (paths, labels, classes, storage, images, shape)."""
     paths, labels, classes = _list_folder(root)
     if not paths:
-        raise ValueError(f"folder dataset {root!r} has no images: expected .jpg/.jpeg/.png files "
+        raise UserError(f"folder dataset {root!r} has no images: expected .jpg/.jpeg/.png files "
                          f"in class sub-folders ({root}/<class>/xxx.jpg) or directly in it.")
     keep_shape = None
     if in_memory is not False:
@@ -286,7 +291,7 @@ def _load_folder(root: str, fingerprint: str, in_memory: Optional[bool]):
     if cache_file and cached is None:
         _write_scan_cache(cache_file, [paths[i] for i in bad], shapes)
     if len(good) == 0:
-        raise ValueError(f"folder dataset {root!r}: none of its {len(paths)} image files could "
+        raise UserError(f"folder dataset {root!r}: none of its {len(paths)} image files could "
                          f"be decoded.")
 
     uniform = len({tuple(s) for s in shapes.tolist()}) == 1
@@ -302,8 +307,7 @@ def _load_folder(root: str, fingerprint: str, in_memory: Optional[bool]):
 
 
 def _read_bytes(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    return epath.Path(os.fsdecode(path)).read_bytes()
 
 
 def _write_scan_cache(cache_file: str, bad: list, shapes: np.ndarray) -> None:
@@ -318,20 +322,20 @@ def _write_scan_cache(cache_file: str, bad: list, shapes: np.ndarray) -> None:
 
 
 def _folder_source(root: str, split: str, in_memory: Optional[bool]) -> Source:
-    root = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isdir(root):
-        raise ValueError(f"folder dataset {root!r} does not exist or is not a directory; use "
+    root = str(as_path(root))
+    if not epath.Path(root).is_dir():
+        raise UserError(f"folder dataset {root!r} does not exist or is not a directory; use "
                          f"--config.dataset.name=folder:/path/to/images.")
     base, start, stop = parse_split(split)
     if base not in ("train", "all"):
-        raise ValueError(f"a folder dataset has one split, 'train' (or 'all'), optionally "
+        raise UserError(f"a folder dataset has one split, 'train' (or 'all'), optionally "
                          f"sliced per class like 'train[:90%]' or 'train[4500:]'; got {split!r}.")
     listing, _, _ = _list_folder(root)
     fingerprint = _fingerprint(listing)
     _, labels, classes, storage, images, shape = _load_folder(root, fingerprint, in_memory)
     idx = slice_per_class(labels, start, stop)
     if len(idx) == 0:
-        raise ValueError(f"split {split!r} of folder {root!r} selects no images.")
+        raise UserError(f"split {split!r} of folder {root!r} selects no images.")
     if len(idx) < len(labels):  # the whole folder shares the scan's arrays, a slice copies
         images, labels = images[idx], labels[idx]
     return Source(name=f"folder:{root}", split=split, num_examples=len(idx),
@@ -347,7 +351,7 @@ def _tfds_builder(name: str, data_dir: Optional[str]):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(
+        raise UserError(
             f"unknown dataset {name!r}: use 'digits', 'folder:/path/to/images', or a TFDS "
             f"dataset name (e.g. 'cifar10', 'imagenet2012'). TFDS: {str(e).splitlines()[0]}"
         ) from None
@@ -366,12 +370,12 @@ def _tfds_split_size(builder, split) -> int:
     if len(builder.info.splits) == 0:  # metadata without split sizes (e.g. mocked): count
         n = int(builder.as_dataset(split=split, decoders=_skip()).cardinality())
         if n < 0:
-            raise ValueError(f"cannot tell the size of {builder.name}:{split}.")
+            raise UserError(f"cannot tell the size of {builder.name}:{split}.")
         return n
     try:
         return int(builder.info.splits[split].num_examples)
     except (KeyError, ValueError) as e:
-        raise ValueError(f"no such split ({e}); the splits are {sorted(builder.info.splits)}, "
+        raise UserError(f"no such split ({e}); the splits are {sorted(builder.info.splits)}, "
                          f"sliceable like 'train[:90%]'.") from None
 
 
@@ -402,7 +406,7 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
     builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     if "image" not in features:
-        raise ValueError(f"TFDS dataset {name!r} has no 'image' feature "
+        raise UserError(f"TFDS dataset {name!r} has no 'image' feature "
                          f"(features: {list(features.keys())}).")
     label = features["label"] if "label" in features else None
     num_classes = getattr(label, "num_classes", None)
@@ -414,7 +418,7 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
     except AssertionError:
         raise _not_prepared(builder, data_dir) from None
     except (KeyError, ValueError) as e:
-        raise ValueError(f"TFDS dataset {name!r}, split {split!r}: {e}") from None
+        raise UserError(f"TFDS dataset {name!r}, split {split!r}: {e}") from None
     fixed = None not in hw
     decoded_bytes = n * math.prod(hw) * 3 if fixed else None
     try:

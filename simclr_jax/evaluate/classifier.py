@@ -11,7 +11,6 @@ out of weight decay and LARS' trust ratio, like SimCLR's `head_supervised`.
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import flax.linen as nn
@@ -21,8 +20,10 @@ import ml_collections
 import numpy as np
 
 from simclr_jax import checkpoint
+from simclr_jax.errors import UserError
 from simclr_jax.models import build_backbone
 from simclr_jax.models.heads import SIMCLR_INIT, LinearHead, MLPHead
+from simclr_jax.workdir import as_path
 
 CLASSIFIER_JSON = "classifier.json"
 HEAD = "probe"
@@ -66,7 +67,7 @@ def projector_prefix(projector: MLPHead, k: int):
     """
     hidden = tuple(projector.hidden_dims)
     if not 0 <= k <= len(hidden) + 1:
-        raise ValueError(f"ft_proj_selector={k} but the pretrained projector has "
+        raise UserError(f"ft_proj_selector={k} but the pretrained projector has "
                          f"{len(hidden) + 1} layers; use 0 (classifier on backbone features) .. "
                          f"{len(hidden) + 1}.")
     if k == 0:
@@ -111,9 +112,9 @@ def build(meta: dict) -> Classifier:
 
 def write_description(workdir: str, meta: dict) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CLASSIFIER_JSON), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
+        as_path(workdir).mkdir(parents=True, exist_ok=True)
+        (as_path(workdir) / CLASSIFIER_JSON).write_text(json.dumps(meta, indent=2,
+                                                                   sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -122,14 +123,14 @@ def _take_like(template, source, path: str):
     """`source` restricted to `template`'s tree; shapes must match (pretrained -> new model)."""
     if isinstance(template, dict):
         if not isinstance(source, dict):
-            raise ValueError(f"checkpoint has an array at {path!r} where the model has a subtree.")
+            raise UserError(f"checkpoint has an array at {path!r} where the model has a subtree.")
         missing = [k for k in template if k not in source]
         if missing:
-            raise ValueError(f"the checkpoint has no {path}/{missing[0]} (have: "
+            raise UserError(f"the checkpoint has no {path}/{missing[0]} (have: "
                              f"{sorted(source)}): it was not written by this architecture.")
         return {k: _take_like(template[k], source[k], f"{path}/{k}") for k in template}
     if tuple(template.shape) != tuple(np.shape(source)):
-        raise ValueError(f"shape mismatch at {path}: model {tuple(template.shape)} vs checkpoint "
+        raise UserError(f"shape mismatch at {path}: model {tuple(template.shape)} vs checkpoint "
                          f"{tuple(np.shape(source))}.")
     return source
 
@@ -165,31 +166,29 @@ def merge(frozen: dict, params: dict, batch_stats: dict) -> dict:
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_json(path: str, what: str) -> dict:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{os.path.dirname(path)!r} has no {os.path.basename(path)}: "
-                                f"{what}")
-    with open(path) as f:
-        return json.load(f)
+def _read_json(workdir: str, name: str, what: str) -> dict:
+    path = as_path(workdir) / name
+    if not path.exists():
+        raise UserError(f"{workdir!r} has no {name}: {what}")
+    return json.loads(path.read_text())
 
 
 def load_pretraining(workdir: str, step: Optional[int] = None):
     """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir."""
     if not workdir:
-        raise ValueError("set --config.init_from=<pretraining workdir> (the --workdir of a "
+        raise UserError("set --config.init_from=<pretraining workdir> (the --workdir of a "
                          "pretraining run).")
     config = ml_collections.ConfigDict(_read_json(
-        os.path.join(os.path.abspath(workdir), "config.json"),
-        "pass the --workdir of a pretraining run as --config.init_from."))
+        workdir, "config.json", "pass the --workdir of a pretraining run as --config.init_from."))
     if config.get("mode", "pretrain") != "pretrain":
-        raise ValueError(f"{workdir!r} holds a {config.mode!r} run, not a pretraining run; "
+        raise UserError(f"{workdir!r} holds a {config.mode!r} run, not a pretraining run; "
                          f"--config.init_from needs a pretraining workdir.")
     return config, checkpoint.restore_arrays(workdir, step)
 
 
 def load(workdir: str, step: Optional[int] = None):
     """(Classifier, variables, description) of a linear-eval / fine-tune / distill workdir."""
-    meta = _read_json(os.path.join(os.path.abspath(workdir), CLASSIFIER_JSON),
+    meta = _read_json(workdir, CLASSIFIER_JSON,
                       "pass the --workdir of a linear_eval, finetune or distill run.")
     arrays = checkpoint.restore_arrays(workdir, step)
     frozen = arrays.get("frozen", {}).get("model", {})

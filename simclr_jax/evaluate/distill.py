@@ -23,6 +23,7 @@ from simclr_jax import losses, optim, train
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
+from simclr_jax.errors import UserError
 
 RESULTS = "distill.json"
 
@@ -68,12 +69,12 @@ def init_student(module: clf.Classifier, rng, image_size: int, group: int | None
 def run(config, workdir: str) -> dict:
     """Distil the classifier in config.teacher_from into config.model; writes distill.json."""
     if not config.teacher_from:
-        raise ValueError("set --config.teacher_from=<workdir of a finetune (or linear_eval) run>.")
+        raise UserError("set --config.teacher_from=<workdir of a finetune (or linear_eval) run>.")
     d = config.distill
     if not d.temperature > 0:
-        raise ValueError(f"distill.temperature must be > 0, got {d.temperature}.")
+        raise UserError(f"distill.temperature must be > 0, got {d.temperature}.")
     if not 0.0 <= d.alpha <= 1.0:
-        raise ValueError(f"distill.alpha must be in [0, 1] (1 = distillation only), got {d.alpha}.")
+        raise UserError(f"distill.alpha must be in [0, 1] (1 = distillation only), got {d.alpha}.")
     teacher, teacher_vars, tmeta = clf.load(config.teacher_from, config.get("teacher_step"))
     pool = tmeta.get("pretrain_dataset") or tmeta["dataset"]   # the unlabelled pool
     ds = supervised.resolve_dataset(config.dataset, {

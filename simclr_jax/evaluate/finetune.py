@@ -28,13 +28,14 @@ from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
 from simclr_jax.evaluate.subsets import class_balanced_subset
+from simclr_jax.errors import UserError
 
 RESULTS = "finetune.json"
 
 
 def _check_random_access(source: sources.Source) -> None:
     if not source.random_access:
-        raise ValueError(f"{source.name}:{source.split} is streamed (too large to hold in "
+        raise UserError(f"{source.name}:{source.split} is streamed (too large to hold in "
                          f"memory), so it cannot be subsampled here; use a prepared subset such "
                          f"as TFDS imagenet2012_subset/1pct or a split slice like 'train[:10%]'.")
 
@@ -61,7 +62,7 @@ def labelled_subset(source: sources.Source, fraction: Optional[float],
     labels = np.asarray(source.labels)
     labelled = np.flatnonzero(labels >= 0)                        # [n_labelled]
     if len(labelled) == 0:
-        raise ValueError(f"{source.name}:{source.split} has no labelled examples to fine-tune on.")
+        raise UserError(f"{source.name}:{source.split} has no labelled examples to fine-tune on.")
     chosen = labelled[class_balanced_subset(labels[labelled], fraction, seed=seed)]
     return subset_source(source, chosen, f"{fraction:g} of labels, seed {seed}")
 

@@ -14,6 +14,7 @@ from simclr_jax import parallel, train
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
 from simclr_jax.methods import get_method
+from simclr_jax.errors import UserError
 
 RESULTS = "knn_eval.json"
 
@@ -40,7 +41,7 @@ def resolve(config, pre) -> ml_collections.ConfigDict:
         "aug": {"view1": {"normalize": pre.aug.view1.get("normalize", "none")}},
     })
     if not out.dataset.knn_train_split or not out.dataset.knn_test_split:
-        raise ValueError("kNN needs a memory bank and a test split: set "
+        raise UserError("kNN needs a memory bank and a test split: set "
                          "--config.dataset.knn_train_split and --config.dataset.knn_test_split.")
     return out
 

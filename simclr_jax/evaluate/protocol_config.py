@@ -17,7 +17,7 @@ from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
 
 PRETRAINING_ONLY = ("method", "head", "predictor", "momentum", "moco", "loss", "probe",
-                    "log_images")
+                    "log_images", "guard", "allow_config_change")
 
 
 def dataset_fields() -> ml_collections.ConfigDict:

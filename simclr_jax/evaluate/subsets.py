@@ -9,24 +9,25 @@ import math
 from fractions import Fraction
 
 import numpy as np
+from simclr_jax.errors import UserError
 
 
 def _per_class_take(counts: dict, fraction, per_class) -> dict:
     """How many examples to keep from each class."""
     if (fraction is None) == (per_class is None):
-        raise ValueError("pass exactly one of fraction=(0, 1] or per_class=<int >= 1>.")
+        raise UserError("pass exactly one of fraction=(0, 1] or per_class=<int >= 1>.")
     if per_class is not None:
         if isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1:
-            raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}.")
+            raise UserError(f"per_class must be an integer >= 1, got {per_class!r}.")
         short = {c: n for c, n in counts.items() if n < per_class}
         if short:
-            raise ValueError(
+            raise UserError(
                 f"per_class={per_class} but these classes have fewer examples "
                 f"(class: count) {short}; lower per_class or use fraction=.")
         return {c: int(per_class) for c in counts}
     if not isinstance(fraction, (int, float, np.floating, np.integer)) or isinstance(
             fraction, bool) or not 0.0 < float(fraction) <= 1.0:
-        raise ValueError(
+        raise UserError(
             f"fraction must be a number in (0, 1], got {fraction!r}; "
             "e.g. 0.01 for a 1% subset, 0.1 for 10%.")
     # Round half up (0.5 -> 1, 4.5 -> 5), not Python's round-half-to-even, and never 0.
@@ -56,10 +57,10 @@ def class_balanced_subset(labels, fraction: float | None = None, *, per_class: i
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}.")
     if labels.min() < 0:
-        raise ValueError(
+        raise UserError(
             f"labels must be >= 0, found {labels.min()}; drop unlabelled (-1) examples first.")
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}.")
     classes, counts = np.unique(labels, return_counts=True)
     take = _per_class_take(dict(zip(classes.tolist(), counts.tolist())), fraction, per_class)
     chosen = []

@@ -15,7 +15,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 from typing import Any, Callable, Iterator, Optional
 
 import flax
@@ -30,6 +29,8 @@ from simclr_jax import checkpoint, losses, parallel
 from simclr_jax.data import pipeline
 from simclr_jax.state import select_tree, tree_all_finite
 from simclr_jax.train import NonFiniteLossError
+from simclr_jax.workdir import as_path
+from simclr_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -152,13 +153,13 @@ def evaluate(eval_step, state: SupervisedState, batches) -> dict:
         sums = throttle(eval_step(state, batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
-        raise ValueError("the evaluation split produced no batches; check dataset.eval_split.")
+        raise UserError("the evaluation split produced no batches; check dataset.eval_split.")
     totals = jax.device_get(totals)
     class_counts = totals.pop("teacher_class_counts", None)
     totals = {k: int(v) for k, v in totals.items()}
     n = totals["num_examples"]
     if n == 0:
-        raise ValueError("the evaluation split is empty.")
+        raise UserError("the evaluation split is empty.")
     out = {"top1": totals["top1_correct"] / n, "num_eval_examples": n}
     if "top5_correct" in totals:
         out["top5"] = totals["top5_correct"] / n
@@ -194,19 +195,19 @@ def resolve_dataset(ds, inherit: dict):
     if out["train_split"] is None:
         out["train_split"] = "train"
     if not out["name"]:
-        raise ValueError("no dataset: set --config.dataset.name (or leave it unset to use the "
+        raise UserError("no dataset: set --config.dataset.name (or leave it unset to use the "
                          "pretraining run's dataset).")
     if not out["eval_split"]:
-        raise ValueError(f"set --config.dataset.eval_split for {out['name']!r} (e.g. 'test' or "
+        raise UserError(f"set --config.dataset.eval_split for {out['name']!r} (e.g. 'test' or "
                          f"'validation').")
     if not out["image_size"]:
-        raise ValueError("set --config.dataset.image_size.")
+        raise UserError("set --config.dataset.image_size.")
     return ml_collections.ConfigDict(out)
 
 
 def require_labels(source, what: str) -> None:
     if not source.num_classes:
-        raise ValueError(f"{what} needs a labelled dataset, but {source.name}:{source.split} has "
+        raise UserError(f"{what} needs a labelled dataset, but {source.name}:{source.split} has "
                          f"no labels; point --config.dataset.name/train_split at labelled data.")
 
 
@@ -335,22 +336,20 @@ def fit_protocol(config, state: SupervisedState, task: Task, *, tx, schedule, me
 # ----------------------------------------------------------------------------- outputs
 
 def make_writer(workdir: str):
-    return metric_writers.create_default_writer(workdir,
+    return metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() != 0)
 
 
 def write_json(workdir: str, name: str, payload: dict) -> str:
     """workdir/name (chief only); returns the path."""
-    path = os.path.join(workdir, name)
+    path = as_path(workdir) / name
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return str(path)
 
 
 def write_config(workdir: str, config) -> None:
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        as_path(workdir).mkdir(parents=True, exist_ok=True)
+        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))

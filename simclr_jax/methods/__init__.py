@@ -8,12 +8,13 @@ Each method module provides:
   validate(config, num_train_examples) -> None   (raise ValueError on impossible settings)
 """
 import importlib
+from simclr_jax.errors import UserError
 
 AVAILABLE = ("simclr", "moco", "moco_v3", "byol")
 
 
 def get_method(name: str):
     if name not in AVAILABLE:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(AVAILABLE)} "
+        raise UserError(f"unknown method {name!r}; valid: {', '.join(AVAILABLE)} "
                          f"(set --config.method=...)")
     return importlib.import_module(f"simclr_jax.methods.{name}")

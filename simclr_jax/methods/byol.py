@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from simclr_jax import losses
 from simclr_jax.methods import common, moco_v3
+from simclr_jax.errors import UserError
 
 build_network = moco_v3.build_network
 init_extras = moco_v3.init_extras
@@ -14,7 +15,7 @@ init_extras = moco_v3.init_extras
 
 def validate(config, num_train_examples: int) -> None:
     if config.momentum.schedule not in ("cosine", "constant"):
-        raise ValueError(f"momentum.schedule must be cosine or constant, "
+        raise UserError(f"momentum.schedule must be cosine or constant, "
                          f"got {config.momentum.schedule!r}")
 
 

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from simclr_jax import losses
+from simclr_jax.errors import UserError
 
 
 def apply_train(network, params, batch_stats, x, **kwargs):
@@ -56,7 +57,7 @@ def build_heads(config, num_features: int):
         return (heads.byol_projector(hidden_dim=hidden, out_dim=h.out_dim, bn_group_size=group),
                 heads.byol_predictor(hidden_dim=p.hidden_dim, out_dim=h.out_dim,
                                      bn_group_size=group))
-    raise ValueError(f"unknown head.kind {kind!r}; valid: simclr, moco_v1, moco_v2, moco_v3, byol")
+    raise UserError(f"unknown head.kind {kind!r}; valid: simclr, moco_v1, moco_v2, moco_v3, byol")
 
 
 # ----------------------------------------------------------------------------- momentum target

@@ -17,6 +17,7 @@ from simclr_jax import losses
 from simclr_jax.methods import common
 from simclr_jax.methods.network import SSLNetwork
 from simclr_jax.models import build_backbone
+from simclr_jax.errors import UserError
 
 
 def build_network(config, num_classes: int) -> SSLNetwork:
@@ -31,19 +32,19 @@ def validate(config, num_train_examples: int) -> None:
     K, B = config.moco.queue_size, config.batch_size
     keys = 2 * B if symmetric(config) else B
     if K <= 0 or K % keys:
-        raise ValueError(f"moco.queue_size={K} must be a positive multiple of the {keys} keys "
+        raise UserError(f"moco.queue_size={K} must be a positive multiple of the {keys} keys "
                          f"enqueued each step (batch_size={B}"
                          f"{', both views: moco.symmetric' if keys > B else ''}); e.g. "
                          f"--config.moco.queue_size={max(keys, (K // keys) * keys)}.")
     if K > num_train_examples:
-        raise ValueError(f"moco.queue_size={K} is larger than the training set "
+        raise UserError(f"moco.queue_size={K} is larger than the training set "
                          f"({num_train_examples} images): the queue would hold keys of the same "
                          f"image several times. Use at most {num_train_examples // B * B}.")
     if config.loss.temperature <= 0:
-        raise ValueError(f"loss.temperature must be > 0, got {config.loss.temperature}")
+        raise UserError(f"loss.temperature must be > 0, got {config.loss.temperature}")
     group = config.model.get("bn_group_size")
     if config.moco.shuffle_bn and (group is None or group >= B):
-        raise ValueError("moco.shuffle_bn=True needs BN over groups smaller than the batch: set "
+        raise UserError("moco.shuffle_bn=True needs BN over groups smaller than the batch: set "
                          f"--config.model.bn_group_size (e.g. 32) below batch_size={B}, or "
                          "--config.moco.shuffle_bn=False for global BN.")
 

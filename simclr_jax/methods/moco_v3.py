@@ -10,13 +10,14 @@ from simclr_jax import losses
 from simclr_jax.methods import common
 from simclr_jax.methods.network import SSLNetwork
 from simclr_jax.models import build_backbone
+from simclr_jax.errors import UserError
 
 
 def build_network(config, num_classes: int) -> SSLNetwork:
     backbone = build_backbone(config.model)
     projector, predictor = common.build_heads(config, backbone.num_features)
     if predictor is None:
-        raise ValueError("moco_v3 needs a predictor: set --config.head.kind=moco_v3")
+        raise UserError("moco_v3 needs a predictor: set --config.head.kind=moco_v3")
     return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
                       num_classes=num_classes if config.probe.enabled else 0,
                       knn_features=config.eval.get("knn_features", "backbone"))
@@ -24,7 +25,7 @@ def build_network(config, num_classes: int) -> SSLNetwork:
 
 def validate(config, num_train_examples: int) -> None:
     if config.loss.temperature <= 0:
-        raise ValueError(f"loss.temperature must be > 0, got {config.loss.temperature}")
+        raise UserError(f"loss.temperature must be > 0, got {config.loss.temperature}")
 
 
 def init_extras(config, network, variables, rng) -> dict:

@@ -15,6 +15,7 @@ from simclr_jax import losses
 from simclr_jax.methods import common
 from simclr_jax.methods.network import SSLNetwork
 from simclr_jax.models import build_backbone
+from simclr_jax.errors import UserError
 
 
 def build_network(config, num_classes: int) -> SSLNetwork:
@@ -31,14 +32,14 @@ def uses_memory(config) -> bool:
 
 def validate(config, num_train_examples: int) -> None:
     if config.loss.temperature <= 0:
-        raise ValueError(f"loss.temperature must be > 0, got {config.loss.temperature}")
+        raise UserError(f"loss.temperature must be > 0, got {config.loss.temperature}")
     if uses_memory(config):
         K, keys = config.moco.queue_size, 2 * config.batch_size
         if K <= 0 or K % keys:
-            raise ValueError(f"moco.queue_size={K} must be a positive multiple of 2 x batch_size"
+            raise UserError(f"moco.queue_size={K} must be a positive multiple of 2 x batch_size"
                              f" = {keys} (both views' keys are queued each step).")
         if K > 2 * num_train_examples:
-            raise ValueError(f"moco.queue_size={K} exceeds the {2 * num_train_examples} views "
+            raise UserError(f"moco.queue_size={K} exceeds the {2 * num_train_examples} views "
                              f"of one epoch; the memory would repeat images. Lower it.")
 
 

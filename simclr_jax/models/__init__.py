@@ -14,6 +14,7 @@ from simclr_jax.models import heads, norm, resnet, vit
 from simclr_jax.models.heads import LinearHead, MLPHead
 from simclr_jax.models.norm import BatchNorm
 from simclr_jax.models.resnet import ResNet
+from simclr_jax.errors import UserError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -23,13 +24,13 @@ def compute_dtype(name: Any) -> Any:
     if not isinstance(name, str):
         return name
     if name not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+        raise UserError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
 
 
 def _build_resnet(cfg) -> nn.Module:
     if cfg.get("depth", None) is None:
-        raise ValueError("model.depth is required for model.name='resnet' (18, 34, 50, ...)")
+        raise UserError("model.depth is required for model.name='resnet' (18, 34, 50, ...)")
     return ResNet(depth=int(cfg["depth"]), width_multiplier=float(cfg.get("width", 1.0)),
                   stem=cfg.get("stem", "imagenet"), sk_ratio=float(cfg.get("sk_ratio", 0.0)),
                   bn_group_size=cfg.get("bn_group_size", None),
@@ -46,7 +47,7 @@ VIT_VARIANTS = {"small": vit.vit_small, "base": vit.vit_base, "tiny_test": vit.v
 def _build_vit(cfg) -> nn.Module:
     variant = cfg.get("variant", "small")
     if variant not in VIT_VARIANTS:
-        raise ValueError(f"model.variant must be one of {sorted(VIT_VARIANTS)}, got {variant!r}")
+        raise UserError(f"model.variant must be one of {sorted(VIT_VARIANTS)}, got {variant!r}")
     return VIT_VARIANTS[variant](patch_size=int(cfg.get("patch_size", 16)),
                                  stop_grad_patch_embed=bool(cfg.get("stop_grad_patch_embed",
                                                                     False)),
@@ -73,7 +74,7 @@ def build_backbone(model_cfg) -> nn.Module:
     """
     name = model_cfg.get("name", None)
     if name not in BACKBONES:
-        raise ValueError(f"unknown model.name {name!r}; valid names: {sorted(BACKBONES)}")
+        raise UserError(f"unknown model.name {name!r}; valid names: {sorted(BACKBONES)}")
     return BACKBONES[name](model_cfg)
 
 

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from simclr_jax.models.norm import BatchNorm
+from simclr_jax.errors import UserError
 
 Initializer = Callable[..., Any]
 SIMCLR_INIT = nn.initializers.normal(0.01)
@@ -91,7 +92,7 @@ class LinearHead(nn.Module):
 
 def _check_layers(num_layers: int) -> None:
     if num_layers < 1:
-        raise ValueError(f"a projection head needs num_layers >= 1, got {num_layers}")
+        raise UserError(f"a projection head needs num_layers >= 1, got {num_layers}")
 
 
 def simclr_projector(num_layers: int = 2, hidden_dim: int = 2048, out_dim: int = 128,

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+from simclr_jax.errors import UserError
 
 Initializer = Callable[..., Any]
 
@@ -25,9 +26,9 @@ def check_group_size(batch: int, group_size: Optional[int]) -> None:
     if group_size is None:
         return
     if not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"bn_group_size must be a positive int or None, got {group_size!r}")
+        raise UserError(f"bn_group_size must be a positive int or None, got {group_size!r}")
     if batch % group_size != 0:
-        raise ValueError(
+        raise UserError(
             f"batch size {batch} is not divisible by bn_group_size {group_size}; choose a "
             f"group size that divides every batch fed to the model (or None for global BN)")
 

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from simclr_jax.models.norm import BatchNorm
+from simclr_jax.errors import UserError
 
 # Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the family's small members: cheap
 # to compile, so the tests can run every preset's real step.
@@ -65,18 +66,18 @@ def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float
                  shortcut: str = "on_shape_change", stem_pool_padding: str = "torch",
                  conv_init: str = "simclr") -> None:
     if depth not in STAGE_SIZES:
-        raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
+        raise UserError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
     if stem not in STEMS:
-        raise ValueError(f"ResNet stem must be one of {STEMS}, got {stem!r}")
+        raise UserError(f"ResNet stem must be one of {STEMS}, got {stem!r}")
     if not width_multiplier > 0:
-        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}")
+        raise UserError(f"width_multiplier must be > 0, got {width_multiplier!r}")
     if not sk_ratio >= 0:
-        raise ValueError(f"sk_ratio must be >= 0 (0 disables Selective Kernel), got {sk_ratio!r}")
+        raise UserError(f"sk_ratio must be >= 0 (0 disables Selective Kernel), got {sk_ratio!r}")
     for field, value, valid in (("shortcut", shortcut, SHORTCUTS),
                                 ("stem_pool_padding", stem_pool_padding, POOL_PADDINGS),
                                 ("conv_init", conv_init, tuple(CONV_INITS))):
         if value not in valid:
-            raise ValueError(f"ResNet {field} must be one of {valid}, got {value!r}")
+            raise UserError(f"ResNet {field} must be one of {valid}, got {value!r}")
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, dtype: Any, name: str,

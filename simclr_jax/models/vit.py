@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from simclr_jax.errors import UserError
 
 PATCH_EMBED = "patch_embed"                 # name of the (optionally frozen) patch projection
 LN_EPS = 1e-6
@@ -61,7 +62,7 @@ def build_2d_sincos_position_embedding(grid_h: int, grid_w: int, dim: int,
     [sin(r w_k), cos(r w_k), sin(c w_k), cos(c w_k)] with w_k = temperature^(-k / (dim/4)).
     """
     if dim % 4 != 0:
-        raise ValueError(f"hidden_dim must be divisible by 4 for the 2D sin-cos position "
+        raise UserError(f"hidden_dim must be divisible by 4 for the 2D sin-cos position "
                          f"embedding, got {dim}")
     pos_dim = dim // 4
     omega = 1.0 / temperature ** (np.arange(pos_dim, dtype=np.float64) / pos_dim)   # [D/4]
@@ -173,12 +174,12 @@ class ViT(nn.Module):
 
     def check_config(self) -> None:
         if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+            raise UserError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.hidden_dim % self.num_heads != 0:
-            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
+            raise UserError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
                              f"({self.num_heads})")
         if self.hidden_dim % 4 != 0:
-            raise ValueError(f"hidden_dim must be divisible by 4 for the 2D sin-cos position "
+            raise UserError(f"hidden_dim must be divisible by 4 for the 2D sin-cos position "
                              f"embedding, got {self.hidden_dim}")
 
     def check_input(self, x) -> None:
@@ -186,7 +187,7 @@ class ViT(nn.Module):
             raise ValueError(f"ViT expects images [B, H, W, C], got shape {tuple(x.shape)}")
         h, w = x.shape[1], x.shape[2]
         if h % self.patch_size or w % self.patch_size:
-            raise ValueError(f"image size {h}x{w} is not divisible by the ViT patch size "
+            raise UserError(f"image size {h}x{w} is not divisible by the ViT patch size "
                              f"{self.patch_size}; resize/crop to a multiple of {self.patch_size} "
                              f"(e.g. {max(1, h // self.patch_size) * self.patch_size}) or change "
                              f"patch_size")

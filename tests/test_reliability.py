@@ -1,0 +1,314 @@
+"""Nothing a user runs loses a result or keeps a bad state (issue 10, cases 1-7).
+
+One tiny finished run (4 steps, checkpoints at 2 and 4, kNN at the end) is shared; each case
+works on a copy of its workdir. The SIGKILL loop compares a run killed several times (once during
+a save) with that uninterrupted run.
+"""
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import TEST_XLA_FLAGS
+from tiny_configs import ROOT, tiny
+
+import simclr_jax
+from simclr_jax import checkpoint, train
+from simclr_jax.data import embedded
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_config(**changes):
+    """The shared run: 4 steps, checkpoints at 2 and 4, kNN of the learned encoder at the end."""
+    c = tiny(steps=4)
+    c.unlock()
+    c.checkpoint_every_steps = 2
+    c.keep_checkpoints = 3
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    c.lock()
+    return c
+
+
+def write_config_file(path, **changes) -> str:
+    """A config file for the CLI that builds run_config(**changes)."""
+    path.write_text(f"import sys\nsys.path.insert(0, {TESTS!r})\n"
+                    f"from test_reliability import run_config\n"
+                    f"def get_config():\n    return run_config(**{changes!r})\n")
+    return str(path)
+
+
+def cli_env(**extra):
+    return dict(os.environ, XLA_FLAGS=TEST_XLA_FLAGS, JAX_PLATFORMS="cpu",
+                TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, **extra)
+
+
+def snapshot(workdir) -> dict:
+    """Every file of a workdir (but TensorBoard events) -> its bytes."""
+    out = {}
+    for dirpath, _, files in os.walk(workdir):
+        for f in files:
+            if "tfevents" not in f:
+                p = os.path.join(dirpath, f)
+                with open(p, "rb") as fh:
+                    out[os.path.relpath(p, workdir)] = fh.read()
+    return out
+
+
+def history(workdir) -> list:
+    with open(os.path.join(workdir, "history.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def forget_finish(workdir):
+    """The workdir as a crash after the last checkpoint left it: no final result recorded."""
+    os.remove(os.path.join(workdir, "final_metrics.json"))
+    kept = [e for e in history(workdir) if e["event"] not in ("trained", "finished")]
+    with open(os.path.join(workdir, "history.jsonl"), "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in kept)
+
+
+def assert_trees_equal(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def plant_lock(workdir, **fields):
+    now = time.time()
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "started": now,
+            "heartbeat": now, "token": "planted", **fields}
+    with open(os.path.join(workdir, "lock.json"), "w") as f:
+        json.dump(lock, f)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(workdir, result, step-4 arrays) of the uninterrupted run."""
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    os.makedirs(workdir)
+    plant_lock(workdir, pid=dead_pid())        # a crashed run's lock: taken over
+    result = train.train_and_evaluate(run_config(), workdir)
+    assert result["step"] == 4 and "knn_top1" in result and "loss" in result
+    assert not os.path.exists(os.path.join(workdir, "lock.json"))   # released at the end
+    return workdir, result, checkpoint.restore_arrays(workdir)
+
+
+@pytest.fixture
+def copy_of(finished, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished[0], workdir)
+    return workdir
+
+
+# ----------------------------------------------------------------------------- case 1
+
+def test_rerun_of_a_finished_run_returns_its_result_and_changes_nothing(finished, copy_of):
+    before = snapshot(copy_of)
+    again = train.train_and_evaluate(run_config(), copy_of)
+    assert again == finished[1]
+    assert snapshot(copy_of) == before
+
+
+def test_rerun_after_a_crash_in_the_final_evaluation_keeps_the_learned_result(finished,
+                                                                              copy_of):
+    # The crash came after the last checkpoint and the "trained" record, before "finished".
+    os.remove(os.path.join(copy_of, "final_metrics.json"))
+    kept = [e for e in history(copy_of) if e["event"] != "finished"]
+    with open(os.path.join(copy_of, "history.jsonl"), "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in kept)
+    result = train.train_and_evaluate(run_config(), copy_of)
+    for key in ("loss", "knn_top1", "knn_top5", "step"):
+        assert result[key] == finished[1][key], key
+    with open(os.path.join(copy_of, "final_metrics.json")) as f:
+        assert json.load(f)["knn_top1"] == finished[1]["knn_top1"]
+
+
+# ----------------------------------------------------------------------------- case 2
+
+def test_diverging_run_saves_nothing_and_a_sane_rerun_continues(finished, copy_of, caplog):
+    # Saves every step with room for 3: without the guard they would rotate out step 2 and 4.
+    exploding = run_config(num_steps=8, **{"optimizer.base_lr": 1e9},
+                           checkpoint_every_steps=1)
+    with pytest.raises(Exception) as err:
+        train.train_and_evaluate(exploding, copy_of)
+    message = str(err.value)
+    assert "last good checkpoint is step 4 " in message, message
+    assert os.path.join(copy_of, "checkpoints", "4") in message
+    assert sorted(int(s) for s in os.listdir(os.path.join(copy_of, "checkpoints"))) == [2, 4]
+    assert_trees_equal(checkpoint.restore_arrays(copy_of), finished[2])
+
+    # The advised re-run (sane learning rate, 2 more steps) resumes from step 4 and says so.
+    result = train.train_and_evaluate(run_config(num_steps=6), copy_of)
+    assert result["step"] == 6 and "Continuing the run finished at step 4" in caplog.text
+    events = history(copy_of)
+    assert [e["event"] for e in events if e["event"] in ("start", "finished")] == [
+        "start", "finished", "start", "start", "finished"]
+    assert [e["step"] for e in events if e["event"] == "finished"] == [4, 6]
+    assert events[-3]["config_changes"]["num_steps"] == [8, 6]
+
+
+# ----------------------------------------------------------------------------- case 3
+
+def test_second_run_on_a_live_workdir_refuses(copy_of):
+    sleeper = subprocess.Popen(["sleep", "120"])
+    try:
+        plant_lock(copy_of, pid=sleeper.pid)
+        before = snapshot(copy_of)
+        with pytest.raises(ValueError, match=f"in use by another run .*pid {sleeper.pid}"):
+            train.train_and_evaluate(run_config(seed=1), copy_of)
+        assert snapshot(copy_of) == before
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("stale", ["dead pid on this host", "old heartbeat on another host"])
+def test_stale_lock_is_taken_over_with_a_warning(copy_of, caplog, stale):
+    if stale == "dead pid on this host":
+        plant_lock(copy_of, pid=dead_pid())
+    else:
+        plant_lock(copy_of, host="another-host", pid=1, heartbeat=time.time() - 7200)
+    # The run passes the lock and stops at the next check (a refused config change).
+    with pytest.raises(ValueError, match="batch_size"):
+        train.train_and_evaluate(run_config(batch_size=32), copy_of)
+    assert "Taking over the lock" in caplog.text
+    assert not os.path.exists(os.path.join(copy_of, "lock.json"))
+
+
+# ----------------------------------------------------------------------------- case 4
+
+def test_config_change_at_resume_stops_with_old_and_new_values(copy_of):
+    before = snapshot(copy_of)
+    with pytest.raises(ValueError) as err:
+        train.train_and_evaluate(run_config(batch_size=32, **{"model.depth": 18}), copy_of)
+    message = str(err.value)
+    assert "batch_size 16 -> 32" in message and "model.depth 10 -> 18" in message
+    assert "new --workdir" in message and "--config.allow_config_change=true" in message
+    assert "\n" not in message and len(message) < 1000
+    assert snapshot(copy_of) == before
+    # Accepting a change the checkpoint cannot hold still ends in one line, not a tree dump.
+    with pytest.raises(ValueError, match="does not fit the model this config builds") as err:
+        train.train_and_evaluate(run_config(allow_config_change=True,
+                                            **{"model.width": 0.25}), copy_of)
+    assert len(str(err.value)) < 1000
+
+
+# ----------------------------------------------------------------------------- case 5
+
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(finished, copy_of,
+                                                                        caplog):
+    forget_finish(copy_of)               # the save of step 4 was the last thing that happened
+    data = os.path.join(copy_of, "checkpoints", "4")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(data) for f in fs]
+    biggest = max(files, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.truncate(100)
+    result = train.train_and_evaluate(run_config(), copy_of)   # restores 2, trains 3 and 4
+    assert f"{os.path.join(copy_of, 'checkpoints')}/4 cannot be read" in caplog.text
+    assert os.listdir(os.path.join(copy_of, "damaged_checkpoints"))
+    assert result["step"] == 4 and result["knn_top1"] == finished[1]["knn_top1"]
+    assert_trees_equal(checkpoint.restore_arrays(copy_of), finished[2])
+
+
+# ----------------------------------------------------------------------------- case 6
+
+def test_entry_points_report_user_mistakes_in_one_line(tmp_path):
+    commands = [
+        [sys.executable, "-m", "simclr_jax.main", "--config", "/nonexistent.py",
+         "--workdir", str(tmp_path / "a")],
+        [sys.executable, "-m", "simclr_jax.export", "--workdir", "/nonexistent",
+         "--out", str(tmp_path / "b")],
+        [sys.executable, "-m", "simclr_jax.main", "--config", "configs/linear_eval.py:simclr",
+         "--config.init_from=/nonexistent", "--workdir", str(tmp_path / "c")],
+    ]
+    procs = [subprocess.Popen(c, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for c in commands]
+    for command, p in zip(commands, procs):
+        _, err = p.communicate(timeout=240)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert p.returncode == 2, (command, err[-2000:])
+        assert "Traceback" not in err and len(lines) == 1, (command, err[-2000:])
+        assert "nonexistent" in lines[0]
+
+
+# ----------------------------------------------------------------------------- case 7
+
+def test_load_encoder_checks_its_input(finished):
+    encoder = simclr_jax.load_encoder(finished[0])
+    images = embedded.digits_arrays()[0][:4]                      # uint8 [4, 32, 32, 3]
+    features = np.asarray(encoder(images))
+    np.testing.assert_allclose(np.asarray(encoder(images.astype(np.float32) / 255.0)), features,
+                               rtol=1e-5, atol=1e-5)
+    one = np.asarray(encoder(images[0]))                          # one [H, W, 3] image -> [F]
+    np.testing.assert_allclose(one, features[0], rtol=1e-5, atol=1e-5)
+    bad = {"floats in \\[0, 255\\]": images.astype(np.float32),
+           "Grayscale": images[..., 0],
+           "Grayscale.*": images[..., :1],
+           "alpha": np.concatenate([images, images[..., :1]], -1)}
+    for match, x in bad.items():
+        with pytest.raises(ValueError, match=match):
+            encoder(x)
+
+
+# ----------------------------------------------------------------------------- kill -9 loop
+
+def _kill_when(proc, ready, timeout=240):
+    """SIGKILL `proc` once ready() holds; False if it ended first."""
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        if ready():
+            proc.kill()
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    proc.wait()
+    return False
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(finished, tmp_path):
+    workdir = str(tmp_path / "killed")
+    ckpts = os.path.join(workdir, "checkpoints")
+    config = write_config_file(tmp_path / "cfg.py", checkpoint_every_steps=1)
+    command = [sys.executable, "-m", "simclr_jax.main", "--config", config, "--workdir", workdir]
+    # A persistent compilation cache keeps the restarts cheap; it changes no numbers.
+    env = cli_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    rng = random.Random(0)
+
+    def saving():
+        return os.path.isdir(ckpts) and any("tmp" in d for d in os.listdir(ckpts))
+
+    kills = []
+    for moment in ("during a save", "at a random time", "during a save"):
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        start, delay = time.time(), rng.uniform(5, 25)
+        ready = saving if moment == "during a save" else (lambda: time.time() - start > delay)
+        kills.append(_kill_when(proc, ready))
+    assert any(kills)
+    final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_trees_equal(checkpoint.restore_arrays(workdir), finished[2])
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+        assert json.load(f)["knn_top1"] == finished[1]["knn_top1"]
