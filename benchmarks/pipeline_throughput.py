@@ -75,6 +75,21 @@ def large_jpegs(cifar: list, n: int = 300, size=(500, 375)) -> list:
     return out
 
 
+def synthetic_jpegs(n: int, size=(500, 375)) -> list:
+    """n encoded JPEGs of smooth random colour fields plus noise (when no CIFAR folder is
+    around, e.g. on an accelerator host)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize(size, Image.BICUBIC)
+        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (size[1], size[0], 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
 def encoded_source(encoded: list, shape) -> sources.Source:
     images = np.array(encoded, dtype=object)
     return sources.Source(name="bench", split="train", num_examples=len(encoded), num_classes=1,
@@ -216,16 +231,24 @@ def main():
     p.add_argument("--rounds", type=int, default=4, help="windows per row (best is kept)")
     p.add_argument("--profile", action="store_true", help="add per-op ablation rows")
     p.add_argument("--only", default="", help="comma-separated substrings of row labels")
+    p.add_argument("--synthetic", action="store_true",
+                   help="synthetic JPEGs instead of the CIFAR-10 folder (automatic without it)")
     a = p.parse_args()
     cpus = len(os.sched_getaffinity(0))
     print(f"# {platform.node()} | {cpus} core(s) usable | tf {tf.__version__} | "
           f"batch {BATCH} | best of {a.rounds} interleaved {a.seconds:g}-s windows per row")
-    cifar = cifar_files(CIFAR_DIR, 2000)
+    synthetic = a.synthetic or not os.path.isdir(CIFAR_DIR)
+    cifar = [] if synthetic else cifar_files(CIFAR_DIR, 2000)
     print("| input | pipeline | images/s | vs reference |")
     print("|---|---|---|---|")
     for size in [int(s) for s in a.sizes.split(",")]:
-        encoded = large_jpegs(cifar) if size > 32 else read_bytes(cifar)
-        desc = "224 px from 500x375 JPEGs (300)" if size > 32 else f"{size} px CIFAR-10 JPEGs"
+        if synthetic:
+            encoded = synthetic_jpegs(300) if size > 32 else synthetic_jpegs(2000, (32, 32))
+        else:
+            encoded = large_jpegs(cifar) if size > 32 else read_bytes(cifar)
+        kind = "synthetic" if synthetic else "CIFAR-10"
+        desc = (f"{size} px from 500x375 {kind} JPEGs (300)" if size > 32
+                else f"{size} px {kind} JPEGs")
         chosen = [(label, make) for label, make in rows(size, encoded, a.profile)
                   if not a.only or label.startswith("official")
                   or any(s in label for s in a.only.split(","))]
