@@ -20,7 +20,7 @@ from clu import metric_writers, periodic_actions
 from simclr_jax import checkpoint, optim, parallel
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
-from simclr_jax.data import pipeline, sources
+from simclr_jax.data import augment_jax, pipeline, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.guard import DivergenceGuard
 from simclr_jax.evaluate import knn
@@ -84,6 +84,8 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
     so the host can stop with the last good state still intact.
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    if config.aug.get("on_device"):  # uint8 host views -> finished views (colour, blur, ...)
+        batch = augment_jax.augment_batch(batch, config.aug, config.seed, state.step)
 
     def loss_fn(params):
         return method.compute_loss(network, config, params, state, batch, rng)
@@ -165,6 +167,8 @@ class KnnEvaluator:
 def view_pairs_grid(batch, normalize: str, n: int = 8) -> np.ndarray:
     """[1, 2H, nW, 3] image: row 1 = view 1, row 2 = view 2 of the first n examples."""
     v1, v2 = (np.asarray(jax.device_get(batch[k]))[:n] for k in ("view1", "view2"))
+    if v1.dtype == np.uint8:  # aug.on_device: the host's crop/resize/flip before colour ops
+        v1, v2, normalize = v1 / 255.0, v2 / 255.0, "none"
     if normalize == "imagenet":
         mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
         v1, v2 = v1 * std + mean, v2 * std + mean

@@ -14,19 +14,24 @@ from simclr_jax.errors import UserError
 
 def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
          crop_aspect_min: float = 3 / 4, crop_aspect_max: float = 4 / 3,
-         resize_method: str = "bicubic", flip_prob: float = 0.5, jitter_prob: float = 0.8,
-         brightness: float = 0.8, contrast: float = 0.8, saturation: float = 0.8,
+         resize_method: str = "bicubic", antialias: bool = False, flip_prob: float = 0.5,
+         jitter_prob: float = 0.8, brightness: float = 0.8,
+         brightness_mode: str = "multiplicative", contrast: float = 0.8, saturation: float = 0.8,
          hue: float = 0.2, grayscale_prob: float = 0.2, grayscale_first: bool = False,
          blur_prob: float = 0.0, blur_sigma_min: float = 0.1, blur_sigma_max: float = 2.0,
          solarize_prob: float = 0.0, normalize: str = "none") -> ml_collections.ConfigDict:
     """One view's policy with every field spelled out (floats stay floats for type checks)."""
     if normalize not in ("none", "imagenet", "cifar10"):
         raise UserError(f"normalize={normalize!r}: use 'none', 'imagenet' or 'cifar10'.")
+    if brightness_mode not in ("multiplicative", "additive"):
+        raise UserError(f"brightness_mode={brightness_mode!r}: use 'multiplicative' (SimCLR: "
+                        f"x * U[1-s, 1+s]) or 'additive' (BYOL: x + U[-s, s]).")
     return ml_collections.ConfigDict(dict(
         crop_area_min=float(crop_area_min), crop_area_max=float(crop_area_max),
         crop_aspect_min=float(crop_aspect_min), crop_aspect_max=float(crop_aspect_max),
-        resize_method=str(resize_method), flip_prob=float(flip_prob),
-        jitter_prob=float(jitter_prob), brightness=float(brightness), contrast=float(contrast),
+        resize_method=str(resize_method), antialias=bool(antialias), flip_prob=float(flip_prob),
+        jitter_prob=float(jitter_prob), brightness=float(brightness),
+        brightness_mode=str(brightness_mode), contrast=float(contrast),
         saturation=float(saturation), hue=float(hue), grayscale_prob=float(grayscale_prob),
         grayscale_first=bool(grayscale_first), blur_prob=float(blur_prob),
         blur_sigma_min=float(blur_sigma_min), blur_sigma_max=float(blur_sigma_max),
@@ -45,48 +50,58 @@ def simclr(strength: float = 1.0, blur_prob: float = 0.5,
 def moco_v1() -> ml_collections.ConfigDict:
     """MoCo v1: grayscale p=0.2 BEFORE an always-on jitter (0.4, 0.4, 0.4, 0.4), no blur.
 
-    torchvision's RandomResizedCrop interpolates bilinearly, hence "bilinear" for the MoCo presets.
+    torchvision's RandomResizedCrop interpolates bilinearly (PIL: antialiased when downscaling),
+    hence "bilinear" with antialias for the MoCo presets.
     """
-    return view(crop_area_min=0.2, resize_method="bilinear", grayscale_prob=0.2,
+    return view(crop_area_min=0.2, resize_method="bilinear", antialias=True, grayscale_prob=0.2,
                 grayscale_first=True, jitter_prob=1.0, brightness=0.4, contrast=0.4,
                 saturation=0.4, hue=0.4, blur_prob=0.0, normalize="imagenet")
 
 
 def moco_v2() -> ml_collections.ConfigDict:
     """MoCo v2 ("aug+"): jitter (0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2, blur 0.5."""
-    return view(crop_area_min=0.2, resize_method="bilinear", jitter_prob=0.8, brightness=0.4,
+    return view(crop_area_min=0.2, resize_method="bilinear", antialias=True, jitter_prob=0.8,
+                brightness=0.4,
                 contrast=0.4, saturation=0.4, hue=0.1, grayscale_prob=0.2, blur_prob=0.5,
                 normalize="imagenet")
 
 
 def _byol_family(blur_prob: float, solarize_prob: float, crop_area_min: float,
-                 resize_method: str) -> ml_collections.ConfigDict:
-    return view(crop_area_min=crop_area_min, resize_method=resize_method, jitter_prob=0.8,
-                brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, grayscale_prob=0.2,
-                blur_prob=blur_prob, solarize_prob=solarize_prob, normalize="imagenet")
+                 resize_method: str, antialias: bool,
+                 brightness_mode: str) -> ml_collections.ConfigDict:
+    return view(crop_area_min=crop_area_min, resize_method=resize_method, antialias=antialias,
+                jitter_prob=0.8, brightness=0.4, brightness_mode=brightness_mode, contrast=0.4,
+                saturation=0.2, hue=0.1, grayscale_prob=0.2, blur_prob=blur_prob,
+                solarize_prob=solarize_prob, normalize="imagenet")
 
 
 def byol_view1() -> ml_collections.ConfigDict:
-    """BYOL view 1: blur always, never solarize."""
-    return _byol_family(1.0, 0.0, 0.08, "bicubic")
+    """BYOL view 1: blur always, never solarize. BYOL's brightness is additive (x + U[-0.4, 0.4],
+    deepmind-research byol/utils/augmentations.py) and its bicubic resize is not antialiased."""
+    return _byol_family(1.0, 0.0, 0.08, "bicubic", False, "additive")
 
 
 def byol_view2() -> ml_collections.ConfigDict:
     """BYOL view 2: blur p=0.1, solarize p=0.2."""
-    return _byol_family(0.1, 0.2, 0.08, "bicubic")
+    return _byol_family(0.1, 0.2, 0.08, "bicubic", False, "additive")
 
 
 def moco_v3_view1(crop_area_min: float = 0.08) -> ml_collections.ConfigDict:
-    """MoCo v3 uses BYOL's asymmetric views (torchvision, bilinear); its R50 recipes may set 0.2."""
-    return _byol_family(1.0, 0.0, crop_area_min, "bilinear")
+    """MoCo v3 uses BYOL's asymmetric views through torchvision: bilinear, antialiased (PIL),
+    and torchvision's ColorJitter brightness is multiplicative. Its R50 recipes may set 0.2."""
+    return _byol_family(1.0, 0.0, crop_area_min, "bilinear", True, "multiplicative")
 
 
 def moco_v3_view2(crop_area_min: float = 0.08) -> ml_collections.ConfigDict:
-    return _byol_family(0.1, 0.2, crop_area_min, "bilinear")
+    return _byol_family(0.1, 0.2, crop_area_min, "bilinear", True, "multiplicative")
 
 
-def two_views(view1: ml_collections.ConfigDict,
-              view2: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """{view1, view2} for `pipeline.pretrain_batches`; copies so the views never alias."""
+def two_views(view1: ml_collections.ConfigDict, view2: ml_collections.ConfigDict,
+              on_device: bool = False) -> ml_collections.ConfigDict:
+    """{view1, view2, on_device} for `pipeline.pretrain_batches`; copies so the views never alias.
+
+    on_device: the host only decodes, crops, resizes and flips, and ships uint8; colour jitter,
+    grayscale, blur, solarize and normalisation run in the jitted step (`augment_jax`).
+    """
     return ml_collections.ConfigDict(dict(view1=copy.deepcopy(view1),
-                                          view2=copy.deepcopy(view2)))
+                                          view2=copy.deepcopy(view2), on_device=bool(on_device)))

@@ -11,8 +11,12 @@ to [0, 1] after each) and grayscale (MoCo v1: grayscale first) -> Gaussian blur 
 2*((S//10)//2)+1 taps, separable, reflect padding) -> solarize -> normalize.
 
 Choices that differ between references, and ours:
-- Resizing uses antialiasing when downscaling (like torchvision/PIL used by MoCo and BYOL; TF
-  SimCLR did not antialias). Upscaling, the usual CIFAR case, is unaffected.
+- Antialiasing is a per-view option (`antialias`) that follows each reference: off for SimCLR and
+  BYOL (both resize bicubic with `tf.image.resize`, no antialias), on for MoCo (torchvision/PIL
+  filters when downscaling). Upscaling, the usual CIFAR case, is unaffected. Off is also ~1.5x
+  cheaper on the host at 224 px (BENCHMARKS.md).
+- Brightness is multiplicative (SimCLR v2: x * f, f ~ U[1-s, 1+s]) or additive (BYOL:
+  x + d, d ~ U[-s, s]): `brightness_mode`.
 - Contrast and saturation follow TF SimCLR (`tf.image.adjust_contrast` per-channel mean,
   HSV saturation), not torchvision's grayscale blends.
 - Blur sigma is drawn per image (TF SimCLR drew one per device batch).
@@ -97,13 +101,13 @@ def sample_crop_window(height, width, view_cfg, seed):
     return y, x, crop_h, crop_w
 
 
-def resize(image, image_size: int, method: str):
+def resize(image, image_size: int, method: str, antialias: bool = True):
     """uint8/float [h, w, 3] -> float32 [S, S, 3] in [0, 1] (values scaled by 1/255 first)."""
     if method not in _RESIZE_METHODS:
         raise UserError(f"resize_method={method!r}; choose one of {sorted(_RESIZE_METHODS)}.")
     x = tf.cast(image, tf.float32) / 255.0
     x = tf.image.resize(x, [image_size, image_size], method=_RESIZE_METHODS[method],
-                        antialias=method != "nearest")
+                        antialias=antialias and method != "nearest")
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
@@ -125,18 +129,33 @@ def _factor_range(strength: float) -> tuple[float, float]:
     return max(0.0, 1.0 - strength), 1.0 + strength
 
 
-def color_jitter(x, view_cfg, seeds):
-    """Brightness (x*f), contrast, saturation, hue in random order, clipping after each op.
+BRIGHTNESS_MODES = ("multiplicative", "additive")
 
-    Factors: brightness/contrast/saturation f ~ U[max(0, 1-s), 1+s], hue delta ~ U[-h, h].
-    An op with strength 0 is the identity (and costs nothing).
+
+def brightness_mode(view_cfg) -> str:
+    mode = view_cfg.get("brightness_mode", "multiplicative")
+    if mode not in BRIGHTNESS_MODES:
+        raise ValueError(f"brightness_mode={mode!r}; use one of {BRIGHTNESS_MODES}.")
+    return mode
+
+
+def color_jitter(x, view_cfg, seeds):
+    """Brightness, contrast, saturation, hue in random order, clipping after each op.
+
+    Factors: contrast/saturation f ~ U[max(0, 1-s), 1+s], hue delta ~ U[-h, h]; brightness
+    x * f with f ~ U[max(0, 1-s), 1+s] ("multiplicative", SimCLR) or x + d with d ~ U[-s, s]
+    ("additive", BYOL). An op with strength 0 is the identity (and costs nothing).
     """
     clip = lambda t: tf.clip_by_value(t, 0.0, 1.0)
     ident = lambda t: t
     fns = [ident, ident, ident, ident]
     if view_cfg.brightness > 0:
-        f_b = _uniform(seeds[_S_BRIGHT], [], *_factor_range(view_cfg.brightness))
-        fns[0] = lambda t: clip(t * f_b)
+        if brightness_mode(view_cfg) == "additive":
+            d_b = _uniform(seeds[_S_BRIGHT], [], -view_cfg.brightness, view_cfg.brightness)
+            fns[0] = lambda t: clip(t + d_b)
+        else:
+            f_b = _uniform(seeds[_S_BRIGHT], [], *_factor_range(view_cfg.brightness))
+            fns[0] = lambda t: clip(t * f_b)
     if view_cfg.contrast > 0:
         f_c = _uniform(seeds[_S_CONTRAST], [], *_factor_range(view_cfg.contrast))
         fns[1] = lambda t: clip(tf.image.adjust_contrast(t, f_c))
@@ -208,11 +227,19 @@ def normalize(x, how: str):
 
 # ----------------------------------------------------------------------------- views
 
-def _after_crop(crop, view_cfg, image_size: int, seeds):
-    """Cropped uint8 [h, w, 3] -> the finished float32 view [S, S, 3]."""
-    x = resize(crop, image_size, view_cfg.resize_method)
+def to_uint8(x):
+    """float [0, 1] -> uint8, rounded (what the host ships when colour runs on the device)."""
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def _after_crop(crop, view_cfg, image_size: int, seeds, host_only: bool = False):
+    """Cropped uint8 [h, w, 3] -> the finished float32 view [S, S, 3], or with `host_only`
+    the resized and flipped uint8 view (colour, blur, solarize, normalize: augment_jax)."""
+    x = resize(crop, image_size, view_cfg.resize_method, view_cfg.get("antialias", True))
     x.set_shape([image_size, image_size, 3])
     x = _maybe(seeds[_S_FLIP], view_cfg.flip_prob, lambda t: tf.reverse(t, axis=[1]), x, False)
+    if host_only:
+        return to_uint8(x)
     jitter = lambda t: color_jitter(t, view_cfg, seeds)
     gray = lambda t: _maybe(seeds[_S_GRAY], view_cfg.grayscale_prob, to_grayscale, t, False)
     if view_cfg.grayscale_first:
@@ -231,13 +258,14 @@ def _after_crop(crop, view_cfg, image_size: int, seeds):
     return normalize(x, view_cfg.normalize)
 
 
-def augment_view(image, view_cfg, image_size: int, seed):
-    """uint8 [H, W, 3] -> float32 [S, S, 3]; the same seed gives the same view."""
+def augment_view(image, view_cfg, image_size: int, seed, host_only: bool = False):
+    """uint8 [H, W, 3] -> float32 [S, S, 3] (uint8 with `host_only`: crop, resize, flip only);
+    the same seed gives the same view."""
     seeds = split_seed(seed)
     shape = tf.shape(image)
     y, x, h, w = sample_crop_window(shape[0], shape[1], view_cfg, seeds[_S_CROP])
     crop = tf.slice(image, tf.stack([y, x, 0]), tf.stack([h, w, 3]))
-    return _after_crop(crop, view_cfg, image_size, seeds)
+    return _after_crop(crop, view_cfg, image_size, seeds, host_only)
 
 
 def decode(encoded):
@@ -247,7 +275,7 @@ def decode(encoded):
     return image
 
 
-def augment_encoded(encoded, view_cfg, image_size: int, seed):
+def augment_encoded(encoded, view_cfg, image_size: int, seed, host_only: bool = False):
     """Encoded bytes -> view; equals augment_view(decode(bytes)) for the same seed.
 
     JPEGs take the fast path: only the crop window is decoded (`decode_and_crop_jpeg`).
@@ -267,7 +295,7 @@ def augment_encoded(encoded, view_cfg, image_size: int, seed):
 
     crop = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     crop.set_shape([None, None, 3])
-    return _after_crop(crop, view_cfg, image_size, seeds)
+    return _after_crop(crop, view_cfg, image_size, seeds, host_only)
 
 
 def eval_view(image, image_size: int, crop_fraction: float = 1.0, normalize_how: str = "none",

@@ -70,8 +70,10 @@ def _element_seed(seed: int, process_index: int, i, view: int):
     return tf.random.experimental.stateless_fold_in(s, view)
 
 
-def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, process_index: int):
-    """(i, record, label) -> {"view1": ..., "label": ...}: decode + augment one element."""
+def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, process_index: int,
+             host_only: bool = False):
+    """(i, record, label) -> {"view1": ..., "label": ...}: decode + augment one element
+    (`host_only`: decode, crop, resize, flip to uint8; augment_jax does the rest on device)."""
     use_bytes = source.storage != "array"
 
     def make(i, record, label):
@@ -81,9 +83,9 @@ def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, proc
         for k, cfg in enumerate(view_cfgs):
             s = _element_seed(seed, process_index, i, k)
             if use_bytes:  # JPEGs: decode only the crop window
-                view = augment_tf.augment_encoded(encoded, cfg, image_size, s)
+                view = augment_tf.augment_encoded(encoded, cfg, image_size, s, host_only)
             else:
-                view = augment_tf.augment_view(record, cfg, image_size, s)
+                view = augment_tf.augment_view(record, cfg, image_size, s, host_only)
             out[f"view{k + 1}"] = view
         return out
 
@@ -126,7 +128,9 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
                      num_views: int = 2,
                      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> Iterator[dict]:
     """Infinite iterator of {"view1".."viewK": f32 [B, S, S, 3], "label": int32 [B]} global
-    arrays; view k is drawn with aug_cfg.view{k}. Deterministic given (seed, start_step)."""
+    arrays; view k is drawn with aug_cfg.view{k}. Deterministic given (seed, start_step).
+    With aug_cfg.on_device the views are uint8, only cropped, resized and flipped: the train
+    step finishes them with `augment_jax.augment_batch`."""
     check_global_batch(global_batch_size, mesh, "pretraining")
     if source.num_examples < global_batch_size:
         raise ValueError(f"{source.name}:{source.split} has {source.num_examples} examples, "
@@ -136,7 +140,7 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
     pi, pc = jax.process_index(), jax.process_count()
     local_batch = global_batch_size // pc
     start = int(start_step) * local_batch
-    make = _view_fn(source, view_cfgs, image_size, seed, pi)
+    make = _view_fn(source, view_cfgs, image_size, seed, pi, bool(aug_cfg.get("on_device")))
     if source.random_access:
         batches = _random_access_pretrain(source, make, local_batch, seed, start, pi, pc)
     else:

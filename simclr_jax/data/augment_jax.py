@@ -1,0 +1,226 @@
+"""Colour jitter (random order), grayscale, blur, solarize and normalisation in JAX, on the device.
+
+With `config.aug.on_device` the host ships uint8 views that are only decoded, cropped, resized
+and flipped (`augment_tf.augment_view(..., host_only=True)`); `augment_batch` finishes them inside
+the jitted train step. Why: at 224 px the colour ops are most of the host's work, and a host core
+feeds ~3x more images without them (BENCHMARKS.md); BYOL-JAX did the same for Cloud TPU hosts.
+
+Same policy and formulas as `augment_tf` (each op is tested against its TF counterpart), but:
+- Randomness: the key of view v of global row i at step k is fold_in(seed, k, v, i): a pure
+  function of (seed, step, row), so it does not depend on the device count and a resumed run
+  recomputes the same views.
+- Under vmap every branch runs anyway (a `lax.cond` becomes a select), so every decision is a
+  `jnp.where` blend. The random order of the four jitter ops costs one RGB->HSV->RGB round trip
+  per slot, shared by the saturation and hue candidates.
+- The input was rounded to uint8 on the host (<= 0.5/255 per channel before colour ops).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)       # tf.image.rgb_to_grayscale (ITU-R 601 luma)
+BRIGHTNESS_MODES = ("multiplicative", "additive")
+
+
+# ----------------------------------------------------------------------------- colour ops
+# One image x: float32 [H, W, 3] in [0, 1]; factors are scalars.
+
+def adjust_brightness(x, factor, mode: str):
+    """SimCLR: x * factor (factor ~ U[1-s, 1+s]); BYOL: x + delta (delta ~ U[-s, s])."""
+    return x + factor if mode == "additive" else x * factor
+
+
+def adjust_contrast(x, factor):
+    """tf.image.adjust_contrast: (x - mean) * factor + mean, mean per channel over H, W."""
+    mean = jnp.mean(x, axis=(-3, -2), keepdims=True)                     # [1, 1, 3]
+    return (x - mean) * factor + mean
+
+
+def rgb_to_hsv(x):
+    """[..., 3] RGB -> (h, s, v) each [...], h in [0, 1) (TF's hexcone convention)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = jnp.maximum(jnp.maximum(r, g), b)
+    rng = v - jnp.minimum(jnp.minimum(r, g), b)
+    s = jnp.where(v > 0, rng / jnp.where(v > 0, v, 1.0), 0.0)
+    safe = jnp.where(rng > 0, rng, 1.0)
+    h = jnp.where(r == v, (g - b) / safe,
+                  jnp.where(g == v, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)) / 6.0
+    h = jnp.where(rng > 0, h, 0.0)
+    return h % 1.0, s, v
+
+
+def hsv_to_rgb(h, s, v):
+    """Inverse of rgb_to_hsv: (h, s, v) [...] -> [..., 3]."""
+    c = s * v
+    dh = (h % 1.0) * 6.0
+    x = c * (1.0 - jnp.abs(dh % 2.0 - 1.0))
+    sector = jnp.floor(dh).astype(jnp.int32) % 6
+    zero = jnp.zeros_like(c)
+    r = jnp.select([sector == 0, sector == 1, sector == 2, sector == 3, sector == 4],
+                   [c, x, zero, zero, x], c)
+    g = jnp.select([sector == 0, sector == 1, sector == 2, sector == 3, sector == 4],
+                   [x, c, c, x, zero], zero)
+    b = jnp.select([sector == 0, sector == 1, sector == 2, sector == 3, sector == 4],
+                   [zero, zero, x, c, c], x)
+    return jnp.stack([r, g, b], axis=-1) + (v - c)[..., None]
+
+
+def adjust_saturation(x, factor):
+    """tf.image.adjust_saturation: HSV saturation * factor, clipped to [0, 1]."""
+    h, s, v = rgb_to_hsv(x)
+    return hsv_to_rgb(h, jnp.clip(s * factor, 0.0, 1.0), v)
+
+
+def adjust_hue(x, delta):
+    """tf.image.adjust_hue: HSV hue + delta (mod 1)."""
+    h, s, v = rgb_to_hsv(x)
+    return hsv_to_rgb(h + delta, s, v)
+
+
+def to_grayscale(x):
+    """Luma replicated to 3 channels."""
+    y = jnp.tensordot(x, jnp.asarray(GRAY_WEIGHTS, x.dtype), axes=([-1], [0]))
+    return jnp.repeat(y[..., None], 3, axis=-1)
+
+
+def solarize(x, threshold: float = 0.5):
+    return jnp.where(x >= threshold, 1.0 - x, x)
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """SimCLR's kernel: 2*((S//10)//2)+1 taps (23 at 224 px, 3 at 32 px)."""
+    return 2 * ((image_size // 10) // 2) + 1
+
+
+def gaussian_blur(x, sigma, kernel_size: int):
+    """Separable Gaussian blur of [H, W, C] with reflect padding (as augment_tf.gaussian_blur);
+    sigma may be traced. Written as a sum of shifted copies: per-image kernels vmap cheaply."""
+    radius = kernel_size // 2
+    if radius == 0:
+        return x
+    t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    k = jnp.exp(-jnp.square(t) / (2.0 * jnp.square(sigma)))
+    k = k / jnp.sum(k)                                                   # [K]
+    h, w = x.shape[0], x.shape[1]
+    y = jnp.pad(x, ((radius, radius), (0, 0), (0, 0)), mode="reflect")
+    y = sum(k[i] * y[i:i + h] for i in range(kernel_size))               # [H, W, C]
+    y = jnp.pad(y, ((0, 0), (radius, radius), (0, 0)), mode="reflect")
+    return sum(k[i] * y[:, i:i + w] for i in range(kernel_size))
+
+
+def normalize(x, how: str):
+    if how == "none":
+        return x
+    if how == "imagenet":
+        return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    raise ValueError(f"normalize={how!r}; use 'none' or 'imagenet'.")
+
+
+# ----------------------------------------------------------------------------- random factors
+
+def _factor_range(strength: float) -> tuple[float, float]:
+    return max(0.0, 1.0 - strength), 1.0 + strength
+
+
+def brightness_range(view_cfg) -> tuple[float, float]:
+    s = float(view_cfg.brightness)
+    if brightness_mode(view_cfg) == "additive":
+        return -s, s
+    return _factor_range(s)
+
+
+def brightness_mode(view_cfg) -> str:
+    mode = view_cfg.get("brightness_mode", "multiplicative")
+    if mode not in BRIGHTNESS_MODES:
+        raise ValueError(f"brightness_mode={mode!r}; use one of {BRIGHTNESS_MODES}.")
+    return mode
+
+
+def sample_params(key, view_cfg) -> dict:
+    """Every random decision for one view: a dict of scalars (order: int32 [4])."""
+    keys = jax.random.split(key, 11)
+    u = lambda k, lo=0.0, hi=1.0: jax.random.uniform(k, (), jnp.float32, lo, hi)
+    return {
+        "jitter": u(keys[0]) < view_cfg.jitter_prob,
+        "order": jnp.argsort(jax.random.uniform(keys[1], (4,))).astype(jnp.int32),
+        "brightness": u(keys[2], *brightness_range(view_cfg)),
+        "contrast": u(keys[3], *_factor_range(view_cfg.contrast)),
+        "saturation": u(keys[4], *_factor_range(view_cfg.saturation)),
+        "hue": u(keys[5], -view_cfg.hue, view_cfg.hue),
+        "gray": u(keys[6]) < view_cfg.grayscale_prob,
+        "blur": u(keys[7]) < view_cfg.blur_prob,
+        "sigma": u(keys[8], view_cfg.blur_sigma_min, view_cfg.blur_sigma_max),
+        "solarize": u(keys[9]) < view_cfg.solarize_prob,
+    }
+
+
+# ----------------------------------------------------------------------------- one view
+
+def color_jitter(x, p: dict, view_cfg):
+    """The four jitter ops in the order p["order"], clipping to [0, 1] after each.
+
+    Ops with strength 0 are skipped statically (identity), as in augment_tf.
+    """
+    mode = brightness_mode(view_cfg)
+    use = [view_cfg.brightness > 0, view_cfg.contrast > 0, view_cfg.saturation > 0,
+           view_cfg.hue > 0]
+    for slot in range(4):
+        op = p["order"][slot]
+        y = x
+        if use[0]:
+            y = jnp.where(op == 0, adjust_brightness(x, p["brightness"], mode), y)
+        if use[1]:
+            y = jnp.where(op == 1, adjust_contrast(x, p["contrast"]), y)
+        if use[2] or use[3]:  # one HSV round trip serves both candidates
+            h, s, v = rgb_to_hsv(x)
+            s = jnp.where((op == 2) & use[2], jnp.clip(s * p["saturation"], 0.0, 1.0), s)
+            h = jnp.where((op == 3) & use[3], h + p["hue"], h)
+            hsv_op = ((op == 2) & use[2]) | ((op == 3) & use[3])
+            y = jnp.where(hsv_op, hsv_to_rgb(h, s, v), y)
+        x = jnp.clip(y, 0.0, 1.0)
+    return x
+
+
+def augment_image(x, p: dict, view_cfg, image_size: int):
+    """float32 [S, S, 3] in [0, 1] (already cropped, resized, flipped) -> the finished view."""
+    jitter = lambda t: jnp.where(p["jitter"], color_jitter(t, p, view_cfg), t)
+    gray = lambda t: jnp.where(p["gray"], to_grayscale(t), t)
+    if view_cfg.jitter_prob > 0 and any(view_cfg[k] > 0 for k in
+                                        ("brightness", "contrast", "saturation", "hue")):
+        x = jitter(gray(x)) if view_cfg.grayscale_first else gray(jitter(x))
+    elif view_cfg.grayscale_prob > 0:
+        x = gray(x)
+    if view_cfg.blur_prob > 0:
+        blurred = gaussian_blur(x, p["sigma"], blur_kernel_size(image_size))
+        x = jnp.where(p["blur"], blurred, x)
+    if view_cfg.solarize_prob > 0:
+        x = jnp.where(p["solarize"], solarize(x), x)
+    return normalize(x, view_cfg.normalize)
+
+
+def view_keys(seed: int, step, view_index: int, batch_size: int):
+    """[B] keys, one per global row: fold_in(fold_in(fold_in(key(seed), step), view), row)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), view_index)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch_size))
+
+
+def augment_views(images, view_cfg, seed: int, step, view_index: int):
+    """uint8 [B, S, S, 3] -> float32 [B, S, S, 3]: finish view `view_index` of a global batch."""
+    x = images.astype(jnp.float32) / 255.0
+    keys = view_keys(seed, step, view_index, x.shape[0])
+    params = jax.vmap(lambda k: sample_params(k, view_cfg))(keys)
+    out = jax.vmap(lambda im, p: augment_image(im, p, view_cfg, x.shape[1]))(x, params)
+    return jax.lax.stop_gradient(out)
+
+
+def augment_batch(batch: dict, aug_cfg, seed: int, step) -> dict:
+    """Finish every uint8 "view{k}" of a host batch on the device (call inside the jitted step)."""
+    out = dict(batch)
+    for name in batch:
+        if name.startswith("view"):
+            k = int(name[len("view"):])
+            out[name] = augment_views(batch[name], aug_cfg[name], seed, step, k)
+    return out
