@@ -142,7 +142,7 @@ def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch:
         t = jnp.asarray(step, jnp.float32)
         epoch = jnp.floor(t / steps_per_epoch) + first_epoch
         cosine = peak_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(epoch / num_epochs, 1.0)))
-        return jnp.where(t < warmup_steps, _warmup(peak_lr, warmup_steps, t), cosine)
+        return jnp.where(t < warmup_steps, _linear_warmup(peak_lr, warmup_steps)(t), cosine)
 
     return schedule
 
