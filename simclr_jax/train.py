@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import time
 
 import jax
@@ -19,7 +18,7 @@ import numpy as np
 import optax
 from clu import metric_writers, periodic_actions
 
-from simclr_jax import checkpoint, optim, parallel
+from simclr_jax import checkpoint, optim, parallel, preemption
 from simclr_jax.config_validation import validate_config
 from simclr_jax.data import pipeline, sources
 from simclr_jax.evaluate import knn
@@ -166,8 +165,9 @@ class KnnEvaluator:
 # ----------------------------------------------------------------------------- images
 
 def view_pairs_grid(batch, normalize: str, n: int = 8) -> np.ndarray:
-    """[1, 2H, nW, 3] image: row 1 = view 1, row 2 = view 2 of the first n examples."""
-    v1, v2 = (np.asarray(jax.device_get(batch[k]))[:n] for k in ("view1", "view2"))
+    """[1, 2H, nW, 3] image: row 1 = view 1, row 2 = view 2 of the first n examples this process
+    holds (on process 0: the first n of the global batch). No cross-host transfer."""
+    v1, v2 = (parallel.local_rows(batch[k], n) for k in ("view1", "view2"))
     if normalize == "imagenet":
         mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
         v1, v2 = v1 * std + mean, v2 * std + mean
@@ -176,25 +176,6 @@ def view_pairs_grid(batch, normalize: str, n: int = 8) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- loop
-
-class _StopRequested:
-    """SIGTERM (preemption) -> save a checkpoint at the next step boundary and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not in the main thread
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and stopping at the next step.")
-        self.requested = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
 
 def _mean_metrics(history: list[dict]) -> dict:
     host = jax.device_get(history)
@@ -206,8 +187,9 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
 
     Resumes automatically from the latest checkpoint in `workdir`. `stop_after_steps` ends this
     invocation (with a checkpoint) after that many steps, for time-limited job slots; the next
-    invocation resumes. Returns the final metrics (including kNN accuracy of the learned encoder
-    and of the same encoder at initialisation).
+    invocation resumes. SIGTERM does the same at a step all processes agree on. Returns the
+    final metrics (including kNN accuracy of the learned encoder and of the same encoder at
+    initialisation); "stopped" is True when the run ended before total_steps.
     """
     validate_config(config)
     os.makedirs(workdir, exist_ok=True)
@@ -255,7 +237,7 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
                              lr_schedule=lr_schedule, total_steps=total_steps)
     evaluator = KnnEvaluator(config, mesh, network)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    stop = _StopRequested()
+    stop = preemption.StopSignal()
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
@@ -276,11 +258,12 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
             done = step + 1
             at_end = done == total_steps
             if stop_after_steps is not None and done - start_step >= stop_after_steps:
-                stop.requested = True
+                stop.request()
+            stopping = stop.should_stop(done) and not at_end
             # Metrics are pulled to the host (a sync) only at log and checkpoint steps, and the
             # non-finite check runs before any checkpoint is written.
             if (done % config.log_every_steps == 0 or done % config.checkpoint_every_steps == 0
-                    or at_end or stop.requested):
+                    or at_end or stopping):
                 summary = _mean_metrics(history)
                 history = []
                 if summary["nonfinite"] > 0:
@@ -299,9 +282,9 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
                 writer.write_scalars(done, knn_metrics)
                 summary.update(knn_metrics)
                 logging.info("step %d: %s", done, knn_metrics)
-            if done % config.checkpoint_every_steps == 0 or at_end or stop.requested:
+            if done % config.checkpoint_every_steps == 0 or at_end or stopping:
                 save()
-            if stop.requested:
+            if stopping:
                 break
     finally:
         manager.wait_until_finished()
@@ -316,6 +299,8 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
         summary.update(init_metrics)
     writer.flush()
     summary["step"] = final_step
+    summary["total_steps"] = total_steps
+    summary["stopped"] = final_step < total_steps
     if is_chief:
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(summary, f, indent=2, sort_keys=True)
