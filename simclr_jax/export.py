@@ -88,13 +88,18 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
 
 
 def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
-    """Write the backbone alone (arrays + encoder_config.json) to out_dir."""
+    """Write the backbone alone (arrays + encoder_config.json) to out_dir.
+
+    Multi-process: every process restores and takes part in the (orbax) save; process 0 alone
+    writes the arrays' files and encoder_config.json."""
     enc = load_encoder(workdir, step)
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.join(out_dir, "encoder"), jax.device_get(enc.variables), force=True)
     ckpt.wait_until_finished()
+    if jax.process_index() != 0:
+        return out_dir
     with open(os.path.join(out_dir, ENCODER_CONFIG), "w") as f:
         json.dump({"model": enc.model_config, "image_size": enc.image_size,
                    "normalize": enc.normalize,
@@ -107,8 +112,21 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="join a JAX cluster as simclr_jax.main does")
+    p.add_argument("--coordinator_address", default=None)
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
     a = p.parse_args(argv)
-    print(export_encoder(a.workdir, a.out, a.step))
+    from simclr_jax import distributed
+    try:
+        distributed.join(a.distributed, distributed.resolve_settings(
+            a.coordinator_address, a.num_processes, a.process_id))
+    except ValueError as e:
+        p.error(str(e))
+    out = export_encoder(a.workdir, a.out, a.step)
+    if jax.process_index() == 0:
+        print(out)
 
 
 if __name__ == "__main__":
