@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM slice: create it, install simclr_jax on every worker, run the same
-# command on all workers (main.py calls jax.distributed.initialize() on multi-host slices),
-# start TensorBoard on worker 0, and delete the slice when asked.
+# command on all workers (main.py joins the slice through JAX's Cloud TPU detection: no address
+# or process id to pass), start TensorBoard on worker 0, and delete the slice when asked.
+# `train` exits with status 3 when the slice was preempted after a checkpoint: run it again.
 #
 #   launch/tpu_vm.sh create  --name ssl-v4-32 --zone us-central2-b --type v4-32
 #   launch/tpu_vm.sh install --name ssl-v4-32 --zone us-central2-b
@@ -13,7 +14,7 @@
 # Add --dry-run to any of them to print the gcloud commands instead of running them.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0"; exit 2; }
+usage() { sed -n '2,16p' "$0"; exit 2; }
 [[ $# -ge 1 ]] || usage
 action=$1; shift
 name="" zone="" type="v4-8" version="tpu-ubuntu2204-base" config="" workdir="" dry=0
@@ -51,7 +52,9 @@ case $action in
     on_all "pip install -U 'jax[tpu]' && pip install -e \$HOME/simclr_jax";;
   train)
     [[ -n $config && -n $workdir ]] || { echo "error: train needs --config and --workdir" >&2; exit 2; }
-    on_all "cd \$HOME/simclr_jax && python3 -m simclr_jax.main --config=$config --workdir=$workdir ${extra[*]:-} 2>&1 | tee -a \$HOME/simclr_jax.log";;
+    train=$(printf '%q ' python3 -m simclr_jax.main --config="$config" --workdir="$workdir" \
+            "${extra[@]}")
+    on_all "cd \$HOME/simclr_jax && set -o pipefail && $train 2>&1 | tee -a \$HOME/simclr_jax.log";;
   tensorboard)
     [[ -n $workdir ]] || { echo "error: tensorboard needs --workdir" >&2; exit 2; }
     run gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=0 \

@@ -122,7 +122,10 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
 
 
 def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
-    """Write the backbone alone (arrays + encoder_config.json) to out_dir."""
+    """Write the backbone alone (arrays + encoder_config.json) to out_dir.
+
+    Multi-process: every process restores and takes part in the (orbax) save; process 0 alone
+    writes the arrays' files and encoder_config.json."""
     enc = load_encoder(workdir, step)
     out = as_path(out_dir)
     if jax.process_index() == 0:   # one process writes; the arrays are the same everywhere
@@ -143,12 +146,22 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
+                   help="join a JAX cluster as simclr_jax.main does")
+    p.add_argument("--coordinator_address", default=None)
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
     a = p.parse_args(argv)
+    from simclr_jax import distributed
     try:
-        print(export_encoder(a.workdir, a.out, a.step))
-    except UserError as e:
+        distributed.join(a.distributed, distributed.resolve_settings(
+            a.coordinator_address, a.num_processes, a.process_id))
+        out = export_encoder(a.workdir, a.out, a.step)
+    except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if jax.process_index() == 0:
+        print(out)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 Kept tiny on purpose: parse flags, join the other hosts if there are any, call
 `train.train_and_evaluate`. Config overrides: --config.batch_size=512 --config.model.depth=50.
+
+Exit status: 0 finished; 2 a usage or config mistake (one line on stderr); 3 stopped early
+(SIGTERM / preemption) with a checkpoint saved: re-run the same command to resume;
+1 anything else (a bug: traceback).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -19,16 +22,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, Tens
                                "config.json. Re-running with the same workdir resumes.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
-    "Call jax.distributed.initialize(): 'auto' does so on multi-host Cloud TPU / SLURM / when "
-    "JAX_COORDINATOR_ADDRESS is set.")
+    "Call jax.distributed.initialize(): 'auto' does so when JAX's cluster detection finds one "
+    "(Cloud TPU slice, GKE, SLURM, Open MPI, Kubernetes) or a coordinator/process count/process "
+    "id is given by flag or JAX_* environment variable.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 (env JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes in the cluster (env JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's id in [0, num_processes) (env JAX_PROCESS_ID).")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 30, "Seconds without a heartbeat after which a process is declared "
+    "dead and the others abort (the detection time of a dead peer).")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _multi_host_environment() -> bool:
-    env = os.environ
-    return (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-            or int(env.get("SLURM_NTASKS", "1")) > 1
-            or "JAX_COORDINATOR_ADDRESS" in env)
 
 
 def main(argv):
@@ -39,8 +45,14 @@ def main(argv):
     # Checkpointing libraries log every save step at INFO; keep the console for our metrics.
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
 
-    if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _multi_host_environment()):
-        jax.distributed.initialize()
+    from simclr_jax import distributed, preemption
+    try:
+        settings = distributed.resolve_settings(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                                _PROCESS_ID.value)
+        distributed.join(_DISTRIBUTED.value, settings, _HEARTBEAT.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.info("JAX process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.devices()[0].platform)
@@ -54,7 +66,9 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
-        print(format_summary(summary))
+        print(format_summary(summary), flush=True)
+    if summary.get("stopped"):
+        sys.exit(preemption.EXIT_STOPPED)
 
 
 def _loaded_config():
@@ -97,6 +111,9 @@ def run_mode(config, workdir):
 
 
 def format_summary(summary: dict) -> str:
+    if summary.get("stopped"):
+        return (f"stopped at step {summary.get('step')} of {summary.get('total_steps')}; "
+                f"checkpoint saved; re-run the same command to resume")
     lines = [f"finished at step {summary.get('step')}"]
     for key in ("loss", "contrast_acc", "probe_acc", "top1", "top5", "agreement",
                 "teacher_top1", "num_eval_examples"):

@@ -45,6 +45,16 @@ def to_global(mesh: Mesh, local_tree):
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree)
 
 
+def local_rows(x, n: int) -> np.ndarray:
+    """Up to the first n rows this process holds of a batch-sharded array, as numpy, with no
+    cross-host transfer. On process 0 they are the first rows of the global batch."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))[:n]
+    shards = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas: one per row
+    rows = [np.asarray(shards[start].data) for start in sorted(shards)]
+    return np.concatenate(rows)[:n]
+
+
 def replicate(mesh: Mesh, tree):
     """Place a pytree (e.g. the train state) replicated on every device of the mesh."""
     return jax.device_put(tree, replicated(mesh))

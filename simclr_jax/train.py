@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import signal
 import time
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 import optax
 from clu import metric_writers, periodic_actions
 
-from simclr_jax import checkpoint, optim, parallel
+from simclr_jax import checkpoint, optim, parallel, preemption
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
 from simclr_jax.data import augment_jax, pipeline, sources
@@ -165,8 +164,9 @@ class KnnEvaluator:
 # ----------------------------------------------------------------------------- images
 
 def view_pairs_grid(batch, normalize: str, n: int = 8) -> np.ndarray:
-    """[1, 2H, nW, 3] image: row 1 = view 1, row 2 = view 2 of the first n examples."""
-    v1, v2 = (np.asarray(jax.device_get(batch[k]))[:n] for k in ("view1", "view2"))
+    """[1, 2H, nW, 3] image: row 1 = view 1, row 2 = view 2 of the first n examples this process
+    holds (on process 0: the first n of the global batch). No cross-host transfer."""
+    v1, v2 = (parallel.local_rows(batch[k], n) for k in ("view1", "view2"))
     if v1.dtype == np.uint8:  # aug.on_device: the host's crop/resize/flip before colour ops
         v1, v2, normalize = v1 / 255.0, v2 / 255.0, "none"
     if normalize == "imagenet":
@@ -177,25 +177,6 @@ def view_pairs_grid(batch, normalize: str, n: int = 8) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- loop
-
-class _StopRequested:
-    """SIGTERM (preemption) -> save a checkpoint at the next step boundary and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not in the main thread
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        logging.warning("SIGTERM received: checkpointing and stopping at the next step.")
-        self.requested = True
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
 
 def _mean_metrics(history: list[dict]) -> dict:
     host = jax.device_get(history)
@@ -209,8 +190,9 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     run returns its stored result and changes nothing (see `workdir.py` for the lock, the
     history and the config check at resume). `stop_after_steps` ends this invocation (with a
     checkpoint) after that many steps, for time-limited job slots; the next invocation resumes.
-    Returns the final metrics (including kNN accuracy of the learned encoder and of the same
-    encoder at initialisation).
+    SIGTERM does the same at a step all processes agree on. Returns the final metrics
+    (including kNN accuracy of the learned encoder and of the same encoder at initialisation);
+    "stopped" is True when the run ended before total_steps.
     """
     validate_config(config)
     with workdir_lib.WorkdirLock(workdir):
@@ -277,7 +259,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
                              lr_schedule=lr_schedule, total_steps=total_steps)
     evaluator = KnnEvaluator(config, mesh, network)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    stop = _StopRequested()
+    stop = preemption.StopSignal()
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
@@ -298,11 +280,12 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
             done = step + 1
             at_end = done == total_steps
             if stop_after_steps is not None and done - start_step >= stop_after_steps:
-                stop.requested = True
+                stop.request()
+            stopping = stop.should_stop(done) and not at_end
             # Metrics are pulled to the host (a sync) only at log and checkpoint steps, and the
             # non-finite check runs before any checkpoint is written.
             if (done % config.log_every_steps == 0 or done % config.checkpoint_every_steps == 0
-                    or at_end or stop.requested):
+                    or at_end or stopping):
                 summary = _mean_metrics(history)
                 history = []
                 guard.check(summary, last_log_step, done)
@@ -316,10 +299,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
                 writer.write_scalars(done, knn_metrics)
                 summary.update(knn_metrics)
                 logging.info("step %d: %s", done, knn_metrics)
-            if done % config.checkpoint_every_steps == 0 or at_end or stop.requested:
+            if done % config.checkpoint_every_steps == 0 or at_end or stopping:
                 save()
                 guard.saved(done)
-            if stop.requested:
+            if stopping:
                 break
     finally:
         manager.wait_until_finished()
@@ -342,6 +325,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
         summary.update(init_metrics)
     writer.flush()
     summary["step"] = final_step
-    if final_step == total_steps:
+    summary["total_steps"] = total_steps
+    summary["stopped"] = final_step < total_steps
+    if not summary["stopped"]:
         workdir_lib.record_metrics(workdir, "finished", summary)
     return summary

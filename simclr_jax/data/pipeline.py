@@ -1,21 +1,30 @@
 """tf.data input pipelines producing GLOBAL jax.Arrays sharded over the mesh's "data" axis.
 
-Determinism and resumption: element i of this process's infinite stream (i = step * local_batch
-+ row) is fully determined by (seed, i): for random-access sources, epoch e = i // n is a
-stateless permutation of the process's examples (`index_shuffle` keyed by (seed, e)) and the
-views use stateless seeds folded from (seed, process, i, view). Starting at `start_step` simply
-starts the counter there: no record is read, decoded or augmented for the skipped steps, so a
-resumed run sees exactly the batches of an uninterrupted one. Streamed (large TFDS) sources skip
-whole epochs for free and read, without decoding, less than one epoch of records.
+Topology independence: the global batch of step k is a function of (seed, k) alone. Element g
+of the GLOBAL stream (g = k * global_batch + row) is example `index_shuffle(g % n)` of the
+permutation of ALL n examples keyed by (seed, g // n), augmented with stateless seeds folded from
+(seed, g, view). Process p of P materialises only its rows [p * B/P, (p + 1) * B/P) of each
+global batch, so 2 processes x 2 devices, 1 x 4 and 1 x 1 see the same images in the same order.
+Starting at `start_step` starts the counter there: no record is read, decoded or augmented for
+the skipped steps, so a resumed run (on any topology) sees exactly the batches of an
+uninterrupted one.
 
-Multi-host: each process builds its local batch (global // process_count rows) from its own
-share of the examples; `parallel.to_global` assembles the global array.
+Random-access records live in TF resource variables and are gathered inside the graph (no
+Python callback: a callback needing the GIL while an iterator is destroyed hung the interpreter
+at exit on one core).
+
+Streamed (large TFDS) sources cannot be permuted globally: each process reads its own shards
+with a per-process shuffle, so WHICH examples form a batch depends on the process count (the
+augmentation seeds still follow the global index). They skip whole epochs for free on resume
+and read, without decoding, less than one epoch of records.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
+import weakref
 from typing import Iterator, Optional
 
 import jax
@@ -63,16 +72,22 @@ def _device_prefetch(batches, mesh, size: int = 2) -> Iterator[dict]:
         yield queue.popleft()
 
 
-def _element_seed(seed: int, process_index: int, i, view: int):
-    """Stateless [2] seed for view `view` of this process's element i."""
-    s = tf.constant([seed, process_index], tf.int64)
-    s = tf.random.experimental.stateless_fold_in(s, tf.cast(i, tf.int64))
+def _element_seed(seed: int, g, view: int):
+    """Stateless [2] seed for view `view` of element g of the global stream."""
+    s = tf.constant([seed, 0], tf.int64)
+    s = tf.random.experimental.stateless_fold_in(s, tf.cast(g, tf.int64))
     return tf.random.experimental.stateless_fold_in(s, view)
 
 
-def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, process_index: int,
+def _global_index(j, local_batch: int, global_batch: int, process_index: int):
+    """This process's j-th element -> its index in the global stream: row
+    process_index * local_batch + j % local_batch of global batch j // local_batch."""
+    return j // local_batch * global_batch + process_index * local_batch + j % local_batch
+
+
+def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int,
              host_only: bool = False):
-    """(i, record, label) -> {"view1": ..., "label": ...}: decode + augment one element
+    """(g, record, label) -> {"view1": ..., "label": ...}: decode + augment global element g
     (`host_only`: decode, crop, resize, flip to uint8; augment_jax does the rest on device)."""
     use_bytes = source.storage != "array"
 
@@ -81,7 +96,7 @@ def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, proc
         if use_bytes:
             encoded = source.encoded(record)
         for k, cfg in enumerate(view_cfgs):
-            s = _element_seed(seed, process_index, i, k)
+            s = _element_seed(seed, i, k)
             if use_bytes:  # JPEGs: decode only the crop window
                 view = augment_tf.augment_encoded(encoded, cfg, image_size, s, host_only)
             else:
@@ -92,25 +107,31 @@ def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int, proc
     return make
 
 
-def _gather_fn(source: sources.Source, local_indices: np.ndarray):
-    """Batched positions -> (records, labels), gathered in numpy (no copy of the dataset into
-    the TF graph)."""
-    images = source.images
-    dtype = tf.uint8 if source.storage == "array" else tf.string
+class _InMemoryRecords:
+    """A random-access source's records and labels in TF resource variables, gathered with
+    tf.gather inside the tf.data graph: no Python callback (destroying an iterator never waits
+    for the GIL) and no copy of the dataset into the graph as a constant."""
 
-    def gather(pos):
-        def np_gather(p):
-            idx = local_indices[p]
-            return images[idx], source.labels[idx]
-        recs, labels = tf.numpy_function(np_gather, [pos], [dtype, tf.int32], stateful=False)
-        if source.storage == "array":
-            recs.set_shape([None, *source.image_shape])
-        else:
-            recs.set_shape([None])
-        labels.set_shape([None])
-        return recs, labels
+    def __init__(self, source: sources.Source):
+        dtype = tf.uint8 if source.storage == "array" else tf.string
+        with tf.device("/CPU:0"):
+            self.records = tf.Variable(source.images, dtype=dtype, trainable=False)
+            self.labels = tf.Variable(source.labels.astype(np.int32), trainable=False)
 
-    return gather
+    def gather(self, positions):  # int64 [b] -> (records [b, ...], int32 labels [b])
+        return tf.gather(self.records, positions), tf.gather(self.labels, positions)
+
+
+_RECORDS: "weakref.WeakKeyDictionary[sources.Source, _InMemoryRecords]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _records(source: sources.Source) -> _InMemoryRecords:
+    """One TF copy of a source's records, shared by every pipeline over it (kNN evaluations
+    rebuild their pipelines often) and freed with the source."""
+    if source not in _RECORDS:
+        _RECORDS[source] = _InMemoryRecords(source)
+    return _RECORDS[source]
 
 
 def _view_configs(aug_cfg, num_views: int) -> list:
@@ -139,38 +160,43 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
     view_cfgs = _view_configs(aug_cfg, num_views)
     pi, pc = jax.process_index(), jax.process_count()
     local_batch = global_batch_size // pc
-    start = int(start_step) * local_batch
-    make = _view_fn(source, view_cfgs, image_size, seed, pi, bool(aug_cfg.get("on_device")))
+def _global_index(j, local_batch: int, global_batch: int, process_index: int):
+    """This process's j-th element -> its index in the global stream: row
+    process_index * local_batch + j % local_batch of global batch j // local_batch."""
+    return j // local_batch * global_batch + process_index * local_batch + j % local_batch
+
+
+def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int,
+             host_only: bool = False):
+    """(g, record, label) -> {"view1": ..., "label": ...}: decode + augment global element g
+    (`host_only`: decode, crop, resize, flip to uint8; augment_jax does the rest on device)."""
     if source.random_access:
-        batches = _random_access_pretrain(source, make, local_batch, seed, start, pi, pc)
+        batches = _random_access_pretrain(source, make, local_batch, seed, int(start_step),
+                                          to_global)
     else:
-        batches = _streamed_pretrain(source, make, local_batch, seed, start, pi, pc,
+        batches = _streamed_pretrain(source, make, local_batch, seed,
+                                     int(start_step) * local_batch, pi, pc, to_global,
                                      shuffle_buffer)
     return _device_prefetch(batches, mesh)
 
 
-def _random_access_pretrain(source, make, local_batch, seed, start, pi, pc):
-    # Strided shares keep every process class-balanced (folders are sorted by class); equal
-    # sizes keep the processes in lock-step (up to pc - 1 examples are never used).
-    n_local = source.num_examples // pc
-    local_indices = np.arange(source.num_examples)[pi::pc][:n_local]
-    if n_local < local_batch:
-        raise ValueError(f"each of the {pc} processes holds {n_local} examples, fewer than its "
-                         f"local batch of {local_batch}; lower the batch size.")
-    epoch_key = tf.constant([seed, pi], tf.int64)
+def _random_access_pretrain(source, make, local_batch, seed, start_step, to_global):
+    """Global element g = example index_shuffle(g % n) of epoch g // n's permutation of all n
+    examples (batches may straddle two epochs); this process reads only its own rows."""
+    n = source.num_examples
+    records = _records(source)
+    epoch_key = tf.constant([seed, 0], tf.int64)
 
-    def locate(i):  # element counter -> (i, position in this process's share)
-        epoch, pos = i // n_local, i % n_local
-        key = tf.random.experimental.stateless_fold_in(epoch_key, epoch)
-        return i, tf.random.experimental.index_shuffle(pos, key, n_local - 1)
+    def locate(j):  # local counter -> (global index, example index)
+        g = to_global(j)
+        key = tf.random.experimental.stateless_fold_in(epoch_key, g // n)
+        return g, tf.random.experimental.index_shuffle(g % n, key, n - 1)
 
-    gather = _gather_fn(source, local_indices)
+    def gather_batch(g, pos):
+        recs, labels = records.gather(pos)
+        return g, recs, labels
 
-    def gather_batch(i, pos):
-        recs, labels = gather(pos)
-        return i, recs, labels
-
-    ds = tf.data.Dataset.range(start, _NO_END).map(locate).batch(local_batch)
+    ds = tf.data.Dataset.range(start_step * local_batch, _NO_END).map(locate).batch(local_batch)
     ds = ds.map(gather_batch).unbatch()
     ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -181,7 +207,8 @@ def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
 
 
-def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, shuffle_buffer):
+def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, to_global,
+                       shuffle_buffer):
     """One tf.data pipeline per epoch, files and records shuffled with the epoch's seed.
 
     An epoch is n_eff = (this process's examples rounded down to whole local batches), so
@@ -203,7 +230,7 @@ def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, shuffle_b
         ds = ds.take(n_eff).enumerate(start=epoch * n_eff)
         if epoch == epoch0 and offset:
             ds = ds.skip(offset)  # raw records only: nothing decoded or augmented
-        ds = ds.map(lambda i, ex: make(i, ex["image"], ex["label"]),
+        ds = ds.map(lambda j, ex: make(to_global(j), ex["image"], ex["label"]),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         yield from ds.with_options(_options()).as_numpy_iterator()
@@ -228,20 +255,21 @@ def eval_batches(source: sources.Source, *, global_batch_size: int, image_size: 
         return augment_tf.eval_view(image, image_size, crop_fraction, normalize)
 
     if source.random_access:
+        # Global batch k = examples [k * B, (k + 1) * B) in dataset order, whatever the topology.
         n = source.num_examples
         steps = math.ceil(n / global_batch_size)
-        lo = pi * steps * local_batch        # this process's contiguous chunk of positions
-        gather = _gather_fn(source, np.arange(n))
+        records = _records(source)
 
-        def gather_batch(pos):
-            recs, labels = gather(tf.minimum(pos, n - 1))
+        def gather_batch(j):
+            pos = _global_index(j, local_batch, global_batch_size, pi)
+            recs, labels = records.gather(tf.minimum(pos, n - 1))
             return recs, labels, pos < n
 
         def one(rec, label, mask):
             return {"image": view(source.read(rec)), "label": tf.where(mask, label, -1),
                     "mask": mask}
 
-        ds = tf.data.Dataset.range(lo, lo + steps * local_batch).batch(local_batch)
+        ds = tf.data.Dataset.range(steps * local_batch).batch(local_batch)
         ds = ds.map(gather_batch).unbatch()
     else:
         sizes = source.stream_sizes(pc)

@@ -1,0 +1,298 @@
+"""Several processes train exactly like one: 2 local processes x 2 CPU devices, joined with
+jax.distributed over 127.0.0.1 (gloo collectives, JAX's CPU default) through the real CLI,
+against 1 process x 4 devices running the same jobs.
+
+Tolerance: the two topologies run the same programs on the same global batches; only the order
+of float32 reductions across devices differs (gloo's cross-process all-reduce vs the in-process
+one), i.e. a few ulps per step, amplified by a few optimiser steps. We allow 1e-4 relative on
+losses/metrics and 1e-4 * (1 + |p|) on parameters; feeding a different global batch (as before
+this file existed: each process drew its own share) changes the step-2 loss by ~1e-1 and
+parameters by ~1e-3 or more, far outside it.
+
+Every process runs under a timeout, so a hang fails the test instead of blocking the suite.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from tiny_configs import ROOT
+
+from simclr_jax import checkpoint
+
+PYTHON = sys.executable
+CONFIG = os.path.join(ROOT, "tests", "multiprocess_config.py")
+TIMEOUT_S = 300           # per process: a hang fails instead of blocking the suite
+HEARTBEAT_S = 10          # dead-peer detection in the kill -9 test
+LOSS_RTOL = 1e-4
+PARAM_TOL = 1e-4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(devices: int) -> dict:
+    """The test's env without its 8-device XLA flag: `devices` virtual CPU devices."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                        "--xla_backend_optimization_level=0")
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(key, None)
+    return env
+
+
+class TwoProcesses:
+    """`python -m <module> ... --coordinator_address ... --process_id i` for i in 0, 1."""
+
+    def __init__(self, module: str, args: list, logdir, name: str):
+        port = free_port()
+        self.logs = [os.path.join(str(logdir), f"{name}.p{i}.log") for i in (0, 1)]
+        self.procs = []
+        for i in (0, 1):
+            cmd = [PYTHON, "-m", module, *args, f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}"]
+            if module == "simclr_jax.main":
+                cmd.append(f"--heartbeat_timeout_s={HEARTBEAT_S}")
+            with open(self.logs[i], "w") as log:
+                self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env(2), stdout=log,
+                                                   stderr=subprocess.STDOUT))
+
+    def log(self, i: int) -> str:
+        with open(self.logs[i]) as f:
+            return f.read()
+
+    def wait(self, timeout=TIMEOUT_S) -> list:
+        deadline = time.time() + timeout
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=max(1.0, deadline - time.time())))
+            except subprocess.TimeoutExpired:
+                for q in self.procs:
+                    q.kill()
+                pytest.fail(f"timed out after {timeout} s:\n" + self.log(0)[-3000:])
+        return codes
+
+    def wait_ok(self):
+        codes = self.wait()
+        assert codes == [0, 0], f"exit codes {codes}:\n{self.log(0)[-3000:]}\n{self.log(1)[-3000:]}"
+
+
+def main_args(config_arg: str, workdir, *overrides) -> list:
+    return [f"--config={CONFIG}:{config_arg}", f"--workdir={workdir}", *overrides]
+
+
+REFERENCE = textwrap.dedent("""
+    import json, sys
+    import jax
+    assert jax.process_count() == 1 and jax.device_count() == 4, jax.devices()
+    from multiprocess_config import get_config
+    from simclr_jax import main, export
+    for config_arg, workdir, overrides in json.loads(sys.argv[1]):
+        if config_arg == "export":
+            export.export_encoder(workdir, overrides["out"])
+            continue
+        config = get_config(config_arg)
+        config.unlock()
+        for key, value in overrides.items():
+            config[key] = value
+        main.run_mode(config, workdir)
+""")
+
+
+def run_reference(jobs: list, logdir):
+    """The same jobs in ONE process with 4 devices (one interpreter start for all of them)."""
+    env = child_env(4)
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.path.join(ROOT, "tests")
+    with open(os.path.join(str(logdir), "reference.log"), "w") as log:
+        r = subprocess.run([PYTHON, "-c", REFERENCE, json.dumps(jobs)], cwd=ROOT, env=env,
+                           stdout=log, stderr=subprocess.STDOUT, timeout=TIMEOUT_S)
+    with open(log.name) as f:
+        assert r.returncode == 0, f.read()[-3000:]
+
+
+def read_json(workdir, name):
+    with open(os.path.join(str(workdir), name)) as f:
+        return json.load(f)
+
+
+def assert_close_metrics(got: dict, want: dict, keys):
+    for k in keys:
+        assert k in got and k in want, (k, got, want)
+        np.testing.assert_allclose(got[k], want[k], rtol=LOSS_RTOL, err_msg=k)
+
+
+def assert_close_trees(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert x.shape == y.shape
+        assert np.all(np.abs(x - y) <= PARAM_TOL * (1 + np.abs(y))), np.max(np.abs(x - y))
+
+
+def final_arrays(workdir):
+    arrays = checkpoint.restore_arrays(str(workdir))
+    return {k: arrays[k] for k in ("params", "batch_stats") if k in arrays}
+
+
+# ----------------------------------------------------------------------------- SimCLR + protocols
+
+@pytest.fixture(scope="module")
+def simclr_runs(tmp_path_factory):
+    """SimCLR pretraining, then kNN, linear eval, fine-tuning -> distillation and export of its
+    encoder: each job once as 2 processes x 2 devices and once in 1 process x 4 devices."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    two, one = root / "two", root / "one"
+    times = {}
+
+    def jobs(base):
+        pre = str(base / "pretrain")
+        return [
+            ("quickstart.py", pre, {}),
+            ("knn_eval.py", str(base / "knn"), {"init_from": pre}),
+            ("linear_eval.py+simclr", str(base / "linear"), {"init_from": pre}),
+            ("finetune.py+cifar10_10pct", str(base / "finetune"), {"init_from": pre}),
+            ("distill.py+cifar10", str(base / "distill"),
+             {"teacher_from": str(base / "finetune")}),
+        ]
+
+    for config_arg, workdir, overrides in jobs(two):
+        flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+        start = time.time()
+        TwoProcesses("simclr_jax.main", main_args(config_arg, workdir, *flags), root,
+                     os.path.basename(workdir)).wait_ok()
+        times[os.path.basename(workdir)] = time.time() - start
+    start = time.time()
+    TwoProcesses("simclr_jax.export", [f"--workdir={two / 'pretrain'}",
+                                       f"--out={two / 'exported'}"], root, "export").wait_ok()
+    times["export"] = time.time() - start
+    start = time.time()
+    run_reference(jobs(one) + [("export", str(one / "pretrain"), {"out": str(one / "exported")})],
+                  root)
+    times["reference (all jobs, 1 process)"] = time.time() - start
+    print("multi-process job times (s):", {k: round(v, 1) for k, v in times.items()})
+    return two, one
+
+
+def test_simclr_pretraining_two_processes_equal_one(simclr_runs):
+    two, one = simclr_runs
+    got, want = (read_json(d / "pretrain", "final_metrics.json") for d in (two, one))
+    assert got["step"] == want["step"] == 3
+    assert_close_metrics(got, want, ["loss", "contrastive_loss", "knn_top1"])
+    assert_close_trees(final_arrays(two / "pretrain"), final_arrays(one / "pretrain"))
+
+
+def test_evaluation_protocols_two_processes_equal_one(simclr_runs):
+    two, one = simclr_runs
+    got, want = (read_json(d / "knn", "knn_eval.json") for d in (two, one))
+    assert got["num_bank_examples"] == want["num_bank_examples"] > 0
+    assert_close_metrics(got, want, ["knn_top1", "knn_top5"])
+    for mode, results in (("linear", "linear_eval.json"), ("finetune", "finetune.json"),
+                          ("distill", "distill.json")):
+        got, want = (read_json(d / mode, results) for d in (two, one))
+        assert got["num_eval_examples"] == want["num_eval_examples"] > 0
+        assert_close_metrics(got, want, ["top1", "train_loss"])
+        assert_close_trees(final_arrays(two / mode), final_arrays(one / mode))
+
+
+def test_export_two_processes_one_writer(simclr_runs):
+    from simclr_jax.export import load_encoder
+    two, one = simclr_runs
+    got, want = load_encoder(str(two / "exported")), load_encoder(str(one / "exported"))
+    assert got.model_config == want.model_config
+    assert_close_trees(got.variables, want.variables)
+    # The two-process export equals the encoder of the two-process workdir.
+    assert_close_trees(got.variables, load_encoder(str(two / "pretrain")).variables)
+
+
+# ----------------------------------------------------------------------------- other methods
+
+def test_moco_and_byol_pretraining_two_processes_equal_one(tmp_path):
+    """MoCo v2 (queue + shuffle BN), MoCo v3 and BYOL (momentum targets): the same losses and
+    parameters (target networks and the queue included) on 2 x 2 as on 1 x 4."""
+    methods = ["moco_v2.py+cifar10", "moco_v3.py+cifar10", "byol.py+cifar10"]
+    no_knn = {"dataset.knn_train_split": ""}
+    times = {}
+    for arg in methods:
+        start = time.time()
+        TwoProcesses("simclr_jax.main", main_args(arg, tmp_path / "two" / arg,
+                                                  "--config.dataset.knn_train_split="),
+                     tmp_path, arg).wait_ok()
+        times[arg] = time.time() - start
+    start = time.time()
+    run_reference([(arg, str(tmp_path / "one" / arg), no_knn) for arg in methods], tmp_path)
+    times["reference (all 3, 1 process)"] = time.time() - start
+    print("multi-process job times (s):", {k: round(v, 1) for k, v in times.items()})
+    for arg in methods:
+        got, want = (read_json(tmp_path / d / arg, "final_metrics.json") for d in ("two", "one"))
+        assert_close_metrics(got, want, ["loss"])
+        got, want = (checkpoint.restore_arrays(str(tmp_path / d / arg)) for d in ("two", "one"))
+        assert set(got) == set(want)
+        for tree in (got, want):
+            tree.pop("step"), tree.pop("opt_state")
+        assert_close_trees(got, want)
+
+
+# ----------------------------------------------------------------------------- preemption
+
+def wait_for(condition, timeout=TIMEOUT_S, what=""):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resume_is_exact(
+        simclr_runs, tmp_path):
+    """SIGTERM to process 1 only: both processes save the same step s < 3 and exit with status 3;
+    re-running the same command finishes with the parameters of the uninterrupted run."""
+    two, _ = simclr_runs
+    workdir = tmp_path / "run"
+    args = main_args("quickstart.py", workdir)
+    run = TwoProcesses("simclr_jax.main", args, tmp_path, "stopped")
+    wait_for(lambda: "Hyperparameters" in run.log(0) and "JAX process 1/2" in run.log(1),
+             what="both processes to start")
+    run.procs[1].send_signal(signal.SIGTERM)
+    codes = run.wait()
+    assert codes == [3, 3], (codes, run.log(0)[-3000:], run.log(1)[-3000:])
+    stopped = read_json(workdir, "final_metrics.json")["step"]
+    assert 0 < stopped < 3
+    assert (f"stopped at step {stopped} of 3; checkpoint saved; re-run the same command to "
+            f"resume") in run.log(0)
+    assert "finished" not in run.log(0)
+    steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+    assert steps == [stopped]
+    TwoProcesses("simclr_jax.main", args, tmp_path, "resumed").wait_ok()
+    assert read_json(workdir, "final_metrics.json")["step"] == 3
+    assert_close_trees(final_arrays(workdir), final_arrays(two / "pretrain"))
+
+
+def test_kill_9_of_one_process_ends_the_other_with_a_clear_message(tmp_path):
+    """The survivor exits (non-zero, naming the lost peer) in bounded time instead of hanging."""
+    run = TwoProcesses("simclr_jax.main", main_args("quickstart.py", tmp_path / "run"), tmp_path,
+                       "killed")
+    wait_for(lambda: "Hyperparameters" in run.log(0) and "JAX process 1/2" in run.log(1),
+             what="both processes to start")
+    run.procs[1].kill()
+    killed_at = time.time()
+    code = run.procs[0].wait(timeout=TIMEOUT_S)
+    detection_s = time.time() - killed_at
+    print(f"dead peer: survivor exited with status {code} after {detection_s:.1f} s "
+          f"(heartbeat timeout {HEARTBEAT_S} s)")
+    assert code != 0
+    log = run.log(0)
+    assert "another task died" in log, log[-3000:]
+    assert "Task 1 heartbeat timeout" in log or "stopped sending heartbeats" in log, log[-3000:]
