@@ -160,16 +160,9 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
     view_cfgs = _view_configs(aug_cfg, num_views)
     pi, pc = jax.process_index(), jax.process_count()
     local_batch = global_batch_size // pc
-def _global_index(j, local_batch: int, global_batch: int, process_index: int):
-    """This process's j-th element -> its index in the global stream: row
-    process_index * local_batch + j % local_batch of global batch j // local_batch."""
-    return j // local_batch * global_batch + process_index * local_batch + j % local_batch
-
-
-def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int,
-             host_only: bool = False):
-    """(g, record, label) -> {"view1": ..., "label": ...}: decode + augment global element g
-    (`host_only`: decode, crop, resize, flip to uint8; augment_jax does the rest on device)."""
+    to_global = functools.partial(_global_index, local_batch=local_batch,
+                                  global_batch=global_batch_size, process_index=pi)
+    make = _view_fn(source, view_cfgs, image_size, seed, bool(aug_cfg.get("on_device")))
     if source.random_access:
         batches = _random_access_pretrain(source, make, local_batch, seed, int(start_step),
                                           to_global)
