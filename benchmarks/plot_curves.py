@@ -1,6 +1,6 @@
 """Learning curves as PNG from a run's TensorBoard events (for BENCHMARKS.md).
 
-    python benchmarks/plot_curves.py --out curves.png --tags contrastive_loss,knn_top1 \
+    python benchmarks/plot_curves.py --out curves.png --tags loss,knn_top1 \
         RUN_DIR [LABEL=RUN_DIR ...]
 
 Reads every events file under each run directory (clu writes them at the workdir's top level),

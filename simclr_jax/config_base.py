@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.probe = ml_collections.ConfigDict()
     c.probe.enabled = True                 # online linear probe on stop-gradient features
+    c.probe.lr_multiplier = 1.0            # probe LR = this x the pretraining LR (SimCLR: 1)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every_steps = 1000

@@ -247,14 +247,18 @@ def lars(learning_rate, weight_decay: float, mask, *, trust_coefficient: float =
         optax.scale_by_learning_rate(learning_rate))
 
 
-def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
-                   frozen_mask=None) -> optax.GradientTransformation:
+def probe_mask(params):
+    """True on the online probe's parameters (a top-level "probe" subtree)."""
+    return {k: jax.tree.map(lambda _: k == "probe", v) for k, v in params.items()}
+
+
+def make_optimizer(opt_cfg, learning_rate, frozen_mask=None,
+                   probe_lr_multiplier: float = 1.0) -> optax.GradientTransformation:
     """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
     trust_coefficient, b1, b2, eps, decay_all, grad_clip_norm; optional ones via .get).
 
-    learning_rate: float or schedule (step -> lr). params_for_mask: if given, the decay mask is
-    computed once from it; otherwise it is computed from the updates tree at each step (same
-    structure, so the same mask).
+    learning_rate: float or schedule (step -> lr). The decay mask is computed from the
+    updates tree (same structure as the parameters, so the same mask).
 
     "lars": see `lars`; lars_lr picks where the LR enters ("before_momentum": SimCLR / optax,
       "after_momentum": BYOL / MoCo v3).
@@ -267,16 +271,15 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
     frozen_mask (optional): pytree of bools (or a function of params); True leaves get a zero
       update, so neither the gradient nor weight decay ever moves them (MoCo v3's frozen patch
       projection).
+    probe_lr_multiplier: the online probe trains at this multiple of the LR (a short run's
+      pretraining LR is far too hot for a linear classifier).
     """
     get = opt_cfg.get
     name = get("name")
     wd = float(get("weight_decay", 0.0) or 0.0)
     if wd < 0:
         raise UserError(f"optimizer.weight_decay must be >= 0, got {wd}.")
-    if params_for_mask is not None:
-        mask = weight_decay_mask(params_for_mask)
-    else:
-        mask = lambda p: weight_decay_mask(p)  # noqa: E731  (optax calls it with the updates)
+    mask = lambda p: weight_decay_mask(p)  # noqa: E731  (optax calls it with the updates)
     momentum = get("momentum", 0.9)
     nesterov = bool(get("nesterov", False))
 
@@ -300,6 +303,12 @@ def make_optimizer(opt_cfg, learning_rate, params_for_mask=None,
         if clip <= 0:
             raise UserError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    if probe_lr_multiplier < 0:
+        raise UserError(f"probe.lr_multiplier must be >= 0, got {probe_lr_multiplier}.")
+    if probe_lr_multiplier != 1.0:
+        # Every optimizer here makes its update linear in the LR (momentum traces included),
+        # so scaling the probe's final update is exactly running it at multiplier x the LR.
+        tx = optax.chain(tx, optax.masked(optax.scale(probe_lr_multiplier), probe_mask))
     if frozen_mask is not None:
         tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen_mask))
     return tx

@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
 
     finite = jnp.isfinite(loss) & tree_all_finite(grads) & tree_all_finite(params)
     new_state = select_tree(finite, new_state, state)
-    metrics = {**metrics, "loss": loss, "learning_rate": lr_schedule(state.step),
+    metrics = {**metrics, "total_loss": loss, "learning_rate": lr_schedule(state.step),
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
                "nonfinite": 1.0 - finite.astype(jnp.float32)}
     if state.target_params is not None:
@@ -221,7 +221,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
 
     network = method.build_network(config, num_classes)
     tx = optim.make_optimizer(config.optimizer, lr_schedule,
-                              frozen_mask=lambda p: frozen_param_mask(config.model, p))
+                              frozen_mask=lambda p: frozen_param_mask(config.model, p),
+                              probe_lr_multiplier=config.probe.get("lr_multiplier", 1.0))
     init_rng = jax.random.PRNGKey(config.seed)
     state = create_train_state(config, network, tx, method, mesh, init_rng)
 

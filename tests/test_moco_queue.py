@@ -62,7 +62,7 @@ def _keys_and_loss(config, network, state, batch, seed=1):
     def f(state, batch):
         _, (_, extras, metrics) = get_method("moco").compute_loss(
             network, config, state.params, state, batch, jax.random.PRNGKey(seed))
-        return extras["queue"], metrics["contrastive_loss"]
+        return extras["queue"], metrics["loss"]
     queue, loss = jax.jit(f)(state, jax.tree.map(jnp.asarray, batch))
     return np.asarray(queue), float(loss)
 

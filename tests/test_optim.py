@@ -299,7 +299,7 @@ def test_adamw_decay(decay_all):
         np.testing.assert_allclose(got[key], w[key], rtol=2e-5, atol=2e-5, err_msg=str(key))
 
 
-def test_grad_clip_and_params_for_mask():
+def test_grad_clip():
     params = _tree(np.random.default_rng(3))
     grads = jax.tree.map(lambda g: 100.0 * g, _grads(40, 1)[0])
     cfg = _cfg(name="sgd", weight_decay=0.0, momentum=0.0, grad_clip_norm=1.0)
@@ -309,12 +309,27 @@ def test_grad_clip_and_params_for_mask():
     for key, w0 in _flat(params).items():
         np.testing.assert_allclose(got[key], w0 - 0.5 * flat_g[key] / norm, rtol=1e-5,
                                    atol=1e-6)
-    # A precomputed mask (params_for_mask) gives the same LARS step as the callable mask.
-    cfg = _cfg(name="lars", weight_decay=0.1, trust_coefficient=1e-3, momentum=0.9)
-    a = _run_optax(optim.make_optimizer(cfg, 0.1), params, [grads])
-    b = _run_optax(optim.make_optimizer(cfg, 0.1, params_for_mask=params), params, [grads])
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-7)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(name="lars", weight_decay=0.1, trust_coefficient=1e-3, momentum=0.9),
+    dict(name="lars", weight_decay=0.1, trust_coefficient=1e-3, momentum=0.9,
+         lars_lr="after_momentum"),
+    dict(name="sgd", weight_decay=1e-2, momentum=0.9, decay_all=False),
+])
+def test_probe_lr_multiplier_equals_a_probe_run_at_that_lr(cfg):
+    """The probe at multiplier c moves exactly as it does when the whole run's LR is c x lr
+    (the probe has no trust ratio or decay, so its update depends on nothing else); every other
+    parameter moves as it does at multiplier 1."""
+    params, grads_seq, c = _tree(np.random.default_rng(8)), _grads(60, 3), 0.25
+    scaled = _run_optax(optim.make_optimizer(_cfg(**cfg), _lr, probe_lr_multiplier=c),
+                        params, grads_seq)
+    plain = _run_optax(optim.make_optimizer(_cfg(**cfg), _lr), params, grads_seq)
+    slow = _run_optax(optim.make_optimizer(_cfg(**cfg), lambda t: c * _lr(t)), params, grads_seq)
+    for key in plain:
+        want = slow[key] if key[0] == "probe" else plain[key]
+        np.testing.assert_allclose(scaled[key], want, rtol=1e-5, atol=1e-7, err_msg=str(key))
+    assert not np.allclose(scaled[("probe", "kernel")], plain[("probe", "kernel")])
 
 
 def test_unknown_optimizer():

@@ -25,7 +25,7 @@ def compute_loss(network, config, params, state, batch, rng):
     loss = losses.byol_loss(out1["pred"], t2["proj"]) + losses.byol_loss(out2["pred"], t1["proj"])
     p1, pm = common.probe_loss(out1, batch["label"], num_views=1)
     p2, _ = common.probe_loss(out2, batch["label"], num_views=1)
-    metrics = {"regression_loss": loss, **pm}
+    metrics = {"loss": loss, **pm}
     return loss + p1 + p2, (stats, {"target_batch_stats": target_stats}, metrics)
 
 

@@ -113,7 +113,7 @@ def compute_loss(network, config, params, state, batch, rng):
     queue, ptr, filled = enqueue(state.queue, state.queue_ptr, state.queue_filled,
                                  jax.lax.stop_gradient(keys))
     p_loss, p_metrics = common.probe_loss(q_out, batch["label"], num_views=1)
-    metrics = {"contrastive_loss": loss, **metrics, **p_metrics,
+    metrics = {"loss": loss, **metrics, **p_metrics,
                "queue_fill": filled / state.queue.shape[0]}
     extras = {"target_batch_stats": target_stats, "queue": queue, "queue_ptr": ptr,
               "queue_filled": filled}

@@ -50,7 +50,7 @@ def compute_loss(network, config, params, state, batch, rng):
     loss = l12 + l21
     p1, pm = common.probe_loss(out1, batch["label"], num_views=1)
     p2, _ = common.probe_loss(out2, batch["label"], num_views=1)
-    metrics = {"contrastive_loss": loss,
+    metrics = {"loss": loss,
                **{k: (m12[k] + m21[k]) / 2 for k in m12}, **pm}
     return loss + p1 + p2, (stats, {"target_batch_stats": target_stats}, metrics)
 

@@ -57,7 +57,7 @@ def compute_loss(network, config, params, state, batch, rng):
     memory = state.queue if uses_memory(config) else None
     loss, metrics = losses.nt_xent(z1, z2, config.loss.temperature, memory=memory)
     p_loss, p_metrics = common.probe_loss(out, batch["label"], num_views=2)
-    metrics = {"contrastive_loss": loss, **metrics, **p_metrics}
+    metrics = {"loss": loss, **metrics, **p_metrics}
     extras = {}
     if memory is not None:
         from simclr_jax.methods import moco
