@@ -25,7 +25,7 @@ def get_config(arg="imagenet_300ep"):
     c.method = "byol"
     c.head.kind, c.head.hidden_dim, c.head.out_dim = "byol", 4096, 256
     c.predictor.hidden_dim = 4096
-    c.momentum.schedule = "cosine"
+    c.ema.schedule = "cosine"
     c.optimizer.name, c.optimizer.lr_scaling = "lars", "linear"
     c.optimizer.lars_lr = "after_momentum"
     c.model.stem_pool_padding = "same"          # hk.max_pool(..., padding="SAME")
@@ -39,7 +39,7 @@ def get_config(arg="imagenet_300ep"):
         c.warmup_epochs = 10.0
         c.optimizer.base_lr = 0.3 if arg == "imagenet_300ep" else 0.2
         c.optimizer.weight_decay = 1e-6 if arg == "imagenet_300ep" else 1.5e-6
-        c.momentum.base = 0.99 if arg == "imagenet_300ep" else 0.996
+        c.ema.base = 0.99 if arg == "imagenet_300ep" else 0.996
         c.eval.knn_temperature = 0.07
         c.eval.every_steps = 10000
         c.checkpoint_every_steps = 2000
@@ -49,7 +49,7 @@ def get_config(arg="imagenet_300ep"):
         c.head.hidden_dim, c.predictor.hidden_dim = 4096, 4096
         c.batch_size, c.num_epochs, c.warmup_epochs = 512, 1000.0, 10.0
         c.optimizer.base_lr, c.optimizer.weight_decay = 1.0, 1e-5
-        c.momentum.base = 0.99
+        c.ema.base = 0.99
         c.eval.every_steps = 2000
         v1, v2 = aug_presets.byol_view1(), aug_presets.byol_view2()
         for v in (v1, v2):

@@ -32,7 +32,7 @@ def get_config(arg="imagenet_200ep"):
     c = base_config()
     c.method = "moco"
     c.head.kind, c.head.hidden_dim, c.head.out_dim = "moco_v2", 2048, 128
-    c.momentum.schedule = "constant"
+    c.ema.schedule = "constant"
     c.moco.shuffle_bn = True
     c.model.bn_group_size = 32
     c.model.conv_init, c.model.zero_init_residual = "torchvision", False
@@ -47,7 +47,7 @@ def get_config(arg="imagenet_200ep"):
         c.model.depth, c.model.stem = 50, "imagenet"
         c.batch_size, c.num_epochs = 256, 200.0 if arg == "imagenet_200ep" else 800.0
         c.optimizer.base_lr, c.optimizer.weight_decay = 0.03, 1e-4
-        c.moco.queue_size, c.momentum.base = 65536, 0.999
+        c.moco.queue_size, c.ema.base = 65536, 0.999
         c.loss.temperature = 0.2
         c.lr_schedule = "cosine_per_epoch"       # adjust_learning_rate once per epoch
         c.eval.knn_temperature = 0.07
@@ -61,7 +61,7 @@ def get_config(arg="imagenet_200ep"):
         c.batch_size, c.num_epochs = 512, 200.0
         c.optimizer.base_lr = 0.06 * 256 / 512   # 0.06 at batch 512 under linear scaling
         c.optimizer.weight_decay = 5e-4
-        c.moco.queue_size, c.momentum.base = 4096, 0.99
+        c.moco.queue_size, c.ema.base = 4096, 0.99
         c.loss.temperature = 0.1
         c.eval.every_steps = 2000
         view = aug_presets.moco_v2()
@@ -79,7 +79,7 @@ def colab(c, symmetric: bool):
     c.model.bn_group_size = 64                  # --bn-splits 8 at batch 512
     c.head.kind, c.head.out_dim = "moco_v1", 128  # resnet18(num_classes=128): Linear(512, 128)
     c.moco.queue_size, c.moco.shuffle_bn, c.moco.symmetric = 4096, True, symmetric
-    c.momentum.base = 0.99
+    c.ema.base = 0.99
     c.loss.temperature = 0.1
     c.batch_size, c.num_epochs = 512, 200.0
     c.optimizer.base_lr, c.optimizer.weight_decay = 0.03, 5e-4   # 0.06 at batch 512

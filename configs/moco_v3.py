@@ -29,7 +29,7 @@ def get_config(arg="r50_100ep"):
     c.method = "moco_v3"
     c.head.kind, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = "moco_v3", 2, 4096, 256
     c.predictor.hidden_dim, c.predictor.last_bn = 4096, False
-    c.momentum.schedule, c.momentum.base = "cosine", 0.99
+    c.ema.schedule, c.ema.base = "cosine", 0.99
     c.model.conv_init, c.model.zero_init_residual = "torchvision", True
     c.optimizer.lars_lr = "after_momentum"      # moco/optimizer.py LARS (used when name=lars)
     c.aug = aug_presets.two_views(aug_presets.moco_v3_view1(), aug_presets.moco_v3_view2())
@@ -47,7 +47,7 @@ def get_config(arg="r50_100ep"):
         c.optimizer.name, c.optimizer.lr_scaling = "lars", "linear"
         c.optimizer.base_lr = 0.6 if arg == "r50_100ep" else 0.3
         c.optimizer.weight_decay = 1.5e-6 if arg == "r50_1000ep" else 1e-6
-        c.momentum.base = 0.996 if arg == "r50_1000ep" else 0.99
+        c.ema.base = 0.996 if arg == "r50_1000ep" else 0.99
         c.loss.temperature = 1.0
         c.aug = aug_presets.two_views(aug_presets.moco_v3_view1(crop_area_min=0.2),
                                       aug_presets.moco_v3_view2(crop_area_min=0.2))
@@ -73,7 +73,7 @@ def get_config(arg="r50_100ep"):
         c.batch_size, c.num_epochs, c.warmup_epochs = 512, 1000.0, 10.0
         c.optimizer.name, c.optimizer.lr_scaling = "lars", "linear"
         c.optimizer.base_lr, c.optimizer.weight_decay = 0.3, 1e-5
-        c.momentum.base = 0.99
+        c.ema.base = 0.99
         c.loss.temperature = 0.2
         v1, v2 = aug_presets.moco_v3_view1(), aug_presets.moco_v3_view2()
         for v in (v1, v2):

@@ -78,9 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.predictor.hidden_dim = 4096
     c.predictor.last_bn = False                 # MoCo v3 ViT: True
 
-    c.momentum = ml_collections.ConfigDict()    # EMA target (MoCo, BYOL)
-    c.momentum.base = 0.99
-    c.momentum.schedule = "cosine"              # "constant" (MoCo v1/v2) | "cosine" (v3, BYOL)
+    c.ema = ml_collections.ConfigDict()         # EMA target network (MoCo, BYOL)
+    c.ema.base = 0.99
+    c.ema.schedule = "cosine"                   # "constant" (MoCo v1/v2) | "cosine" (v3, BYOL)
 
     c.moco = ml_collections.ConfigDict()        # MoCo v1/v2 key queue
     c.moco.queue_size = 65536

@@ -104,7 +104,7 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
                "nonfinite": 1.0 - finite.astype(jnp.float32)}
     if state.target_params is not None:
         metrics["ema_momentum"] = optim.ema_momentum(state.step, total_steps,
-                                                     config.momentum.base, config.momentum.schedule)
+                                                     config.ema.base, config.ema.schedule)
     return new_state, metrics
 
 

@@ -43,7 +43,8 @@ _LOCK_SETTLE_S = 0.2          # write, wait, read back: the last of two racing w
 STATE_OR_DATA_KEYS = ("method", "seed", "batch_size", "model.", "head.", "predictor.", "moco.",
                       "simclr.", "probe.", "dataset.", "aug.", "optimizer.name")
 # Where the data lives or how it is scored is not what it is.
-NOT_STATE_OR_DATA = ("dataset.data_dir", "dataset.knn_train_split", "dataset.knn_test_split")
+NOT_STATE_OR_DATA = ("dataset.data_dir", "dataset.knn_train_split", "dataset.knn_test_split",
+                     "probe.lr_multiplier")
 ACCEPT_FLAG = "allow_config_change"
 
 

@@ -32,7 +32,7 @@ def test_moco_colab_preset_is_the_colab(preset, symmetric):
     assert c.batch_size // c.model.bn_group_size == COLAB["bn_splits"]
     assert (c.head.kind, c.head.out_dim) == ("moco_v1", COLAB["moco_dim"])  # Linear(512, 128)
     assert c.moco.shuffle_bn and c.moco.queue_size == COLAB["moco_k"]
-    assert (c.momentum.base, c.momentum.schedule) == (COLAB["moco_m"], "constant")
+    assert (c.ema.base, c.ema.schedule) == (COLAB["moco_m"], "constant")
     assert c.loss.temperature == COLAB["moco_t"]
     assert c.batch_size == COLAB["batch_size"] and c.num_epochs == COLAB["epochs"]
     assert c.optimizer.name == "sgd" and not c.optimizer.nesterov and c.optimizer.decay_all
@@ -115,7 +115,7 @@ def test_tf_references_pad_the_stem_pool_same(file, preset):
                                              ("r50_1000ep", 0.3, 1.5e-6, 0.996)])
 def test_moco_v3_resnet_presets_follow_config_md(preset, lr, wd, m0):
     c = load_config("moco_v3.py", preset)
-    assert (c.optimizer.base_lr, c.optimizer.weight_decay, c.momentum.base) == (lr, wd, m0)
+    assert (c.optimizer.base_lr, c.optimizer.weight_decay, c.ema.base) == (lr, wd, m0)
     assert c.optimizer.lars_lr == "after_momentum"               # moco/optimizer.py
     assert all(v.crop_area_min == 0.2 for v in _views(c))         # --crop-min=.2
     assert (c.model.conv_init, c.model.zero_init_residual) == ("torchvision", True)
@@ -132,7 +132,7 @@ def test_moco_v3_vit_adamw_uses_torch_default_betas(preset):
 def test_byol_presets_follow_its_config(preset, wd, lr, tau):
     # deepmind-research byol/configs/byol.py: _LR_PRESETS, _WD_PRESETS, _EMA_PRESETS.
     c = load_config("byol.py", preset)
-    assert (c.optimizer.weight_decay, c.optimizer.base_lr, c.momentum.base) == (wd, lr, tau)
+    assert (c.optimizer.weight_decay, c.optimizer.base_lr, c.ema.base) == (wd, lr, tau)
     assert c.optimizer.lars_lr == "after_momentum"
 
 

@@ -12,8 +12,8 @@ from simclr_jax.methods import common, get_method
 
 def reference_momentum(config, k, total):
     """m_k of the references: constant (MoCo v1/v2) or 1 - (1 - m0) (cos(pi k / K) + 1) / 2."""
-    m0 = config.momentum.base
-    if config.momentum.schedule == "constant":
+    m0 = config.ema.base
+    if config.ema.schedule == "constant":
         return m0
     return 1 - (1 - m0) * (math.cos(math.pi * k / total) + 1) / 2
 

@@ -16,7 +16,7 @@ from ml_collections import config_dict
 from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
 
-PRETRAINING_ONLY = ("method", "head", "predictor", "momentum", "moco", "loss", "probe",
+PRETRAINING_ONLY = ("method", "head", "predictor", "ema", "moco", "loss", "probe",
                     "log_images", "guard", "allow_config_change")
 
 

@@ -14,9 +14,9 @@ init_extras = moco_v3.init_extras
 
 
 def validate(config, num_train_examples: int) -> None:
-    if config.momentum.schedule not in ("cosine", "constant"):
-        raise UserError(f"momentum.schedule must be cosine or constant, "
-                         f"got {config.momentum.schedule!r}")
+    if config.ema.schedule not in ("cosine", "constant"):
+        raise UserError(f"ema.schedule must be cosine or constant, "
+                         f"got {config.ema.schedule!r}")
 
 
 def compute_loss(network, config, params, state, batch, rng):

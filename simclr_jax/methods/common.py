@@ -80,7 +80,7 @@ def init_target(variables) -> dict:
 
 def ema_momentum(config, step, total_steps):
     from simclr_jax import optim
-    return optim.ema_momentum(step, total_steps, config.momentum.base, config.momentum.schedule)
+    return optim.ema_momentum(step, total_steps, config.ema.base, config.ema.schedule)
 
 
 def ema_update(config, state, total_steps, momentum_of_next_step: bool = False):
