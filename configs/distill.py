@@ -15,6 +15,7 @@ imagenet — ResNet-50 1x student, batch 4096, 400 epochs.
 cifar10 — ResNet-18 (CIFAR stem) student, batch 512, 200 epochs.
 Output: workdir/distill.json (top1, top5, agreement with the teacher, teacher_top1, and the same
 before training as *_init), a checkpoint and classifier.json (the student can teach in turn).
+Differences from the official code: FIDELITY.md.
 """
 import ml_collections
 from ml_collections import config_dict

@@ -142,5 +142,5 @@ def test_symmetric_queue_must_hold_whole_steps_of_keys():
     config = tiny("moco_v2.py", "cifar10", batch_size=B, image_size=S)
     config.unlock()
     config.moco.symmetric, config.moco.queue_size = True, 3 * B
-    with pytest.raises(ValueError, match="32 keys"):
+    with pytest.raises(ValueError, match="multiple of 2 x batch_size=32"):
         get_method("moco").validate(config, num_train_examples=1000)

@@ -12,7 +12,11 @@ from simclr_jax import optim, parallel, train
 from simclr_jax.methods import get_method
 
 # (config file, preset, peak LR of the 2-step schedule)
-CASES = [("quickstart.py", None, 0.5), ("moco_v1.py", "cifar10", 0.5),
+CASES = [("quickstart.py", None, 0.5),
+         # MoCo v1 with torchvision init (no zero-init residual) is chaotic at 0.5 too: on ONE
+         # device, adding N(0, 1e-6) noise to the inputs moved a BN parameter by 1.1e-3 after
+         # two steps, the size of the 8-vs-1 difference (1.3e-3); at 0.1 both are ~1e-6.
+         ("moco_v1.py", "cifar10", 0.1),
          ("moco_v2.py", "cifar10", 0.5), ("moco_v3.py", "cifar10", 0.5),
          ("byol.py", "cifar10", 0.5),
          # SimCLR v2's memory runs at a lower LR: at 0.5 this tiny LARS net is chaotic. On ONE

@@ -74,7 +74,7 @@ def test_unknown_dataset_and_empty_folder(tmp_path):
 def test_moco_queue_not_multiple_of_batch_and_larger_than_dataset(tmp_path):
     config = tiny("moco_v2.py", "cifar10", batch_size=16)
     config.moco.queue_size = 40
-    with pytest.raises(ValueError, match="multiple of the 16 keys"):
+    with pytest.raises(ValueError, match="multiple of batch_size"):
         train.train_and_evaluate(config, str(tmp_path / "a"))
     config.moco.queue_size = 16 * 1000
     with pytest.raises(ValueError, match="larger than the training set"):

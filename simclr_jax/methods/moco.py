@@ -31,10 +31,11 @@ def build_network(config, num_classes: int) -> SSLNetwork:
 def validate(config, num_train_examples: int) -> None:
     K, B = config.moco.queue_size, config.batch_size
     keys = 2 * B if symmetric(config) else B
+    need = (f"2 x batch_size={keys} (moco.symmetric enqueues the keys of both views)"
+            if symmetric(config) else f"batch_size={B}")
     if K <= 0 or K % keys:
-        raise UserError(f"moco.queue_size={K} must be a positive multiple of the {keys} keys "
-                         f"enqueued each step (batch_size={B}"
-                         f"{', both views: moco.symmetric' if keys > B else ''}); e.g. "
+        raise UserError(f"moco.queue_size={K} must be a positive multiple of {need} (the whole "
+                         f"global batch of keys is enqueued each step); e.g. "
                          f"--config.moco.queue_size={max(keys, (K // keys) * keys)}.")
     if K > num_train_examples:
         raise UserError(f"moco.queue_size={K} is larger than the training set "
