@@ -70,8 +70,11 @@ def _agree(chief_error: Optional[str]) -> None:
 
 
 def _write_atomically(path: epath.Path, text: str) -> None:
-    """Readers see the old or the new file, never a half-written one (rename is atomic locally,
-    and an object store publishes an object whole)."""
+    """Readers see the old or the new file, never a half-written one: an object store
+    publishes an object whole; a local file is written aside and renamed (atomic)."""
+    if "://" in str(path):
+        path.write_text(text)
+        return
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     tmp.write_text(text)
     tmp.replace(path)
