@@ -21,8 +21,8 @@ from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
 from simclr_jax.data import augment_jax, pipeline, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
-from simclr_jax.guard import DivergenceGuard
 from simclr_jax.evaluate import knn
+from simclr_jax.guard import DivergenceGuard
 from simclr_jax.methods import get_method
 from simclr_jax.methods.network import SSLNetwork
 from simclr_jax.models import frozen_param_mask

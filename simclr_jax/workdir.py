@@ -71,8 +71,11 @@ def _agree(chief_error: Optional[str]) -> None:
 
 
 def _write_atomically(path: epath.Path, text: str) -> None:
-    """Readers see the old or the new file, never a half-written one (rename is atomic locally,
-    and an object store publishes an object whole)."""
+    """Readers see the old or the new file, never a half-written one: an object store
+    publishes an object whole; a local file is written aside and renamed (atomic)."""
+    if "://" in str(path):
+        path.write_text(text)
+        return
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     tmp.write_text(text)
     tmp.replace(path)
@@ -183,10 +186,15 @@ def finished_result(workdir, checkpoint_step: Optional[int], total_steps: int,
 
     Not when an accepted change alters the state or the data (that result is another run's).
     """
-    if checkpoint_step != total_steps or any(changes_state_or_data(k) for k in changes):
-        return None
-    result = stored_event(workdir, "finished", total_steps)
-    if result is not None:
+    result = None
+    if (_is_chief() and checkpoint_step == total_steps
+            and not any(changes_state_or_data(k) for k in changes)):
+        result = stored_event(workdir, "finished", total_steps)
+    if jax.process_count() > 1:   # process 0 decides (only it knows the changes)
+        from jax.experimental import multihost_utils
+        if multihost_utils.broadcast_one_to_all(np.int32(result is not None)) and result is None:
+            result = stored_event(workdir, "finished", total_steps)
+    if result is not None and _is_chief():
         logging.warning("%s already finished at step %d: its stored result follows; nothing was "
                         "changed. Pass a larger --config.num_steps to train further.", workdir,
                         total_steps)
