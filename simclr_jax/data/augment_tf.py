@@ -119,9 +119,14 @@ def jitter_order(seed) -> tf.Tensor:
 
 
 def apply_in_order(x, fns, order):
-    """x -> fns[order[-1]](... fns[order[0]](x)); `order` is a runtime permutation tensor."""
+    """x -> fns[order[-1]](... fns[order[0]](x)); `order` is a runtime permutation tensor.
+
+    An index outside [0, len(fns)) is the identity: that is how a jitter that is not applied
+    skips its work without an enclosing tf.cond (which costs more than the ops at 32 px).
+    """
     for i in range(len(fns)):
-        x = tf.switch_case(order[i], [functools.partial(fn, x) for fn in fns])
+        x = tf.switch_case(order[i], [functools.partial(fn, x) for fn in fns],
+                           default=lambda x=x: x)
     return x
 
 
@@ -139,12 +144,13 @@ def brightness_mode(view_cfg) -> str:
     return mode
 
 
-def color_jitter(x, view_cfg, seeds):
+def color_jitter(x, view_cfg, seeds, apply=True):
     """Brightness, contrast, saturation, hue in random order, clipping after each op.
 
     Factors: contrast/saturation f ~ U[max(0, 1-s), 1+s], hue delta ~ U[-h, h]; brightness
     x * f with f ~ U[max(0, 1-s), 1+s] ("multiplicative", SimCLR) or x + d with d ~ U[-s, s]
-    ("additive", BYOL). An op with strength 0 is the identity (and costs nothing).
+    ("additive", BYOL). An op with strength 0 is the identity (and costs nothing). `apply`
+    (a bool tensor) False returns x unchanged.
     """
     clip = lambda t: tf.clip_by_value(t, 0.0, 1.0)
     ident = lambda t: t
@@ -167,12 +173,18 @@ def color_jitter(x, view_cfg, seeds):
             raise UserError(f"hue={view_cfg.hue} must be in [0, 0.5] (a hue shift is mod 1).")
         d_h = _uniform(seeds[_S_HUE], [], -view_cfg.hue, view_cfg.hue)
         fns[3] = lambda t: clip(tf.image.adjust_hue(t, d_h))
-    return apply_in_order(x, fns, jitter_order(seeds[_S_ORDER]))
+    order = tf.where(apply, jitter_order(seeds[_S_ORDER]), len(fns))
+    return apply_in_order(x, fns, order)
+
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # tf.image.rgb_to_grayscale (ITU-R 601 luma)
 
 
 def to_grayscale(x):
-    """[H, W, 3] -> luma replicated to 3 channels."""
-    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3])
+    """[H, W, 3] float -> luma replicated to 3 channels (tf.image.rgb_to_grayscale's weights in
+    three ops: its tensordot costs more than the arithmetic on small images)."""
+    y = tf.reduce_sum(x * tf.constant(GRAY_WEIGHTS, x.dtype), axis=-1, keepdims=True)
+    return tf.broadcast_to(y, tf.shape(x))
 
 
 def _maybe(seed, prob: float, fn, x, use_cond: bool):
@@ -240,14 +252,11 @@ def _after_crop(crop, view_cfg, image_size: int, seeds, host_only: bool = False)
     x = _maybe(seeds[_S_FLIP], view_cfg.flip_prob, lambda t: tf.reverse(t, axis=[1]), x, False)
     if host_only:
         return to_uint8(x)
-    jitter = lambda t: color_jitter(t, view_cfg, seeds)
-    gray = lambda t: _maybe(seeds[_S_GRAY], view_cfg.grayscale_prob, to_grayscale, t, False)
-    if view_cfg.grayscale_first:
-        x = gray(x)
-        x = _maybe(seeds[_S_JITTER_APPLY], view_cfg.jitter_prob, jitter, x, True)
-    else:
-        x = _maybe(seeds[_S_JITTER_APPLY], view_cfg.jitter_prob, jitter, x, True)
-        x = gray(x)
+    p_jitter = view_cfg.jitter_prob
+    jitter = lambda t: t if p_jitter <= 0 else color_jitter(
+        t, view_cfg, seeds, p_jitter >= 1 or _uniform(seeds[_S_JITTER_APPLY]) < p_jitter)
+    gray = lambda t: _maybe(seeds[_S_GRAY], view_cfg.grayscale_prob, to_grayscale, t, True)
+    x = jitter(gray(x)) if view_cfg.grayscale_first else gray(jitter(x))
     if view_cfg.blur_prob > 0:
         sigma = _uniform(seeds[_S_BLUR_SIGMA], [], view_cfg.blur_sigma_min,
                          view_cfg.blur_sigma_max)
