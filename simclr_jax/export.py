@@ -21,15 +21,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from simclr_jax import checkpoint
+from simclr_jax.data import normalization
 from simclr_jax.errors import UserError
 from simclr_jax.models import build_backbone
 from simclr_jax.workdir import as_path
 
 ENCODER_CONFIG = "encoder_config.json"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
-CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 EXPECTED = "uint8 [B, H, W, 3] (or one [H, W, 3] image), or float in [0, 1]"
 
 
@@ -77,11 +74,7 @@ class Encoder:
         if x.shape[1:3] != (self.image_size, self.image_size):
             x = jax.image.resize(x, (x.shape[0], self.image_size, self.image_size, x.shape[3]),
                                  "bilinear")
-        if self.normalize == "imagenet":
-            x = (x - IMAGENET_MEAN) / IMAGENET_STD
-        elif self.normalize == "cifar10":
-            x = (x - CIFAR10_MEAN) / CIFAR10_STD
-        return x
+        return normalization.normalize(x, self.normalize)
 
     def apply(self, x) -> jnp.ndarray:
         """Features of already-preprocessed images (BN in inference mode)."""

@@ -14,17 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metric_writers, periodic_actions
+from clu import metric_writers, parameter_overview, periodic_actions
 
 from simclr_jax import checkpoint, optim, parallel, preemption
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
-from simclr_jax.data import augment_jax, pipeline, sources
+from simclr_jax.data import augment_jax, normalization, pipeline, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
 from simclr_jax.guard import DivergenceGuard
 from simclr_jax.methods import get_method
-from simclr_jax.methods.network import SSLNetwork
 from simclr_jax.models import frozen_param_mask
 from simclr_jax.state import TrainState, select_tree, tree_all_finite
 
@@ -118,65 +117,53 @@ def jit_train_step(mesh, **static):
 
 # ----------------------------------------------------------------------------- evaluation
 
-def make_feature_fn(network: SSLNetwork, mesh):
-    """Backbone features in inference mode (BN running statistics), jitted over the mesh."""
-    @functools.partial(jax.jit, in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
-                                              parallel.batch_sharding(mesh)),
-                       out_shardings=parallel.batch_sharding(mesh))
-    def features(params, batch_stats, images):
-        return network.apply({"params": params, "batch_stats": batch_stats}, images,
-                             method=SSLNetwork.encode)
-    return features
-
-
-class KnnEvaluator:
-    """Weighted kNN (InstDisc) of backbone features: train split as memory bank, test split scored."""
-
-    def __init__(self, config, mesh, network):
-        ds = config.dataset
-        self.enabled = bool(ds.knn_train_split) and bool(ds.knn_test_split)
-        if not self.enabled:
-            return
-        self.bank = sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir"))
-        self.test = sources.get_source(ds.name, ds.knn_test_split, ds.get("data_dir"))
-        if not self.bank.num_classes:
-            raise UserError(f"kNN evaluation needs labels but {ds.name}:{ds.knn_train_split} "
-                             f"has none; set --config.dataset.knn_train_split='' to disable it.")
-        self.config, self.mesh = config, mesh
-        self.features = make_feature_fn(network, mesh)
-
-    def _extract(self, source, params, batch_stats):
-        batches = pipeline.eval_batches(source, global_batch_size=self.config.eval.batch_size,
-                                        image_size=self.config.dataset.image_size, mesh=self.mesh,
-                                        normalize=self.config.aug.view1.normalize)
-        fn = lambda images: self.features(params, batch_stats, images)
-        return knn.extract_features(fn, batches)
-
-    def __call__(self, params, batch_stats) -> dict:
-        bank_x, bank_y = self._extract(self.bank, params, batch_stats)
-        test_x, test_y = self._extract(self.test, params, batch_stats)
-        acc = knn.knn_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.bank.num_classes,
-                               k=self.config.eval.knn_k,
-                               temperature=self.config.eval.knn_temperature)
-        return {f"knn_{k}": float(v) for k, v in acc.items()}
+def make_knn_evaluator(config, mesh, network) -> knn.KnnEvaluator | None:
+    """The pretraining kNN monitor from config.dataset/eval, or None when a split is unset."""
+    ds = config.dataset
+    if not (ds.knn_train_split and ds.knn_test_split):
+        return None
+    return knn.KnnEvaluator(
+        network, mesh, bank=sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir")),
+        test=sources.get_source(ds.name, ds.knn_test_split, ds.get("data_dir")),
+        image_size=ds.image_size, batch_size=config.eval.batch_size, k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature, normalize=config.aug.view1.normalize)
 
 
 # ----------------------------------------------------------------------------- images
 
-def view_pairs_grid(batch, normalize: str, n: int = 8) -> np.ndarray:
-    """[1, 2H, nW, 3] image: row 1 = view 1, row 2 = view 2 of the first n examples this process
-    holds (on process 0: the first n of the global batch). No cross-host transfer."""
-    v1, v2 = (parallel.local_rows(batch[k], n) for k in ("view1", "view2"))
-    if v1.dtype == np.uint8:  # aug.on_device: the host's crop/resize/flip before colour ops
-        v1, v2, normalize = v1 / 255.0, v2 / 255.0, "none"
-    if normalize == "imagenet":
-        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-        v1, v2 = v1 * std + mean, v2 * std + mean
-    rows = [np.concatenate(list(v), axis=1) for v in (v1, v2)]
-    return np.clip(np.concatenate(rows, axis=0), 0.0, 1.0)[None]
+def image_rows(rows, normalize: str, n: int = 8) -> np.ndarray:
+    """[1, R*H, nW, 3] image in [0, 1]: one row per batch-sharded array of images (e.g. view 1
+    and view 2) showing its first n examples this process holds (on process 0: the first n of
+    the global batch), without cross-host transfer. uint8 rows (aug.on_device: the host's
+    crop/resize/flip before the colour ops) are shown as they are."""
+    shown = []
+    for images in rows:
+        x = parallel.local_rows(images, n)
+        x = x / 255.0 if x.dtype == np.uint8 else normalization.denormalize(x, normalize)
+        shown.append(np.concatenate(list(x), axis=1))
+    return np.clip(np.concatenate(shown, axis=0), 0.0, 1.0)[None].astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- loop
+
+def flat_hparams(config) -> dict:
+    """The config as TensorBoard hparams: {"optimizer.base_lr": 0.3, ...}; lists and None as
+    text (hparams hold scalars and strings only)."""
+    flat = {}
+
+    def visit(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if hasattr(value, "items"):
+                visit(name + ".", value)
+            elif isinstance(value, (bool, int, float, str)):
+                flat[name] = value
+            else:
+                flat[name] = str(value)
+
+    visit("", config)
+    return flat
+
 
 def _mean_metrics(history: list[dict]) -> dict:
     host = jax.device_get(history)
@@ -246,11 +233,11 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
 
     is_chief = jax.process_index() == 0
     writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
-    if is_chief:
-        if start_step == 0:
-            writer.write_hparams({"total_steps": total_steps, "warmup_steps": warmup_steps,
-                                  "num_devices": jax.device_count(),
-                                  "train_examples": train_source.num_examples})
+    if is_chief and start_step == 0:
+        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+        writer.write_hparams({**flat_hparams(config), "total_steps": total_steps,
+                              "warmup_steps": warmup_steps, "num_devices": jax.device_count(),
+                              "train_examples": train_source.num_examples})
 
     batches = pipeline.pretrain_batches(train_source, config.aug,
                                         global_batch_size=config.batch_size,
@@ -258,13 +245,15 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
                                         start_step=start_step, mesh=mesh)
     step_fn = jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
                              lr_schedule=lr_schedule, total_steps=total_steps)
-    evaluator = KnnEvaluator(config, mesh, network)
-    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    evaluator = make_knn_evaluator(config, mesh, network)
+    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_steps=config.log_every_steps)
     stop = preemption.StopSignal()
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
     last_log_time, last_log_step = time.time(), start_step
+    paused = 0.0     # seconds spent in kNN evaluations and checkpoints since the last log
 
     def save(wait=False):
         checkpoint.save(manager, state, wait=wait)
@@ -273,8 +262,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
         for step in range(start_step, total_steps):
             batch = next(batches)
             if step == start_step == 0 and is_chief and config.get("log_images", True):
-                writer.write_images(0, {"augmented_view_pairs": view_pairs_grid(
-                    batch, config.aug.view1.normalize)})
+                writer.write_images(0, {"augmented_view_pairs": image_rows(
+                    (batch["view1"], batch["view2"]), config.aug.view1.normalize)})
             state, metrics = step_fn(state, batch)
             history.append(throttle(metrics))
             report(step + 1)
@@ -290,18 +279,27 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
                 summary = _mean_metrics(history)
                 history = []
                 guard.check(summary, last_log_step, done)
-                elapsed = time.time() - last_log_time
+                elapsed = time.time() - last_log_time - paused      # training steps only
                 images = (done - last_log_step) * config.batch_size
                 summary["images_per_sec_per_device"] = images / elapsed / jax.device_count()
-                last_log_time, last_log_step = time.time(), done
+                last_log_time, last_log_step, paused = time.time(), done, 0.0
                 writer.write_scalars(done, summary)
-            if evaluator.enabled and (done % config.eval.every_steps == 0 or at_end):
-                knn_metrics = evaluator(state.params, state.batch_stats)
+            if evaluator and (done % config.eval.every_steps == 0 or at_end):
+                t0 = time.time()
+                with report.timed("eval"):
+                    knn_metrics = evaluator(state.params, state.batch_stats)
+                    neighbours = evaluator.neighbours_image()
+                paused += time.time() - t0
+                if is_chief and neighbours is not None and config.get("log_images", True):
+                    writer.write_images(done, {"knn_neighbours": neighbours})
                 writer.write_scalars(done, knn_metrics)
                 summary.update(knn_metrics)
                 logging.info("step %d: %s", done, knn_metrics)
             if done % config.checkpoint_every_steps == 0 or at_end or stopping:
-                save()
+                t0 = time.time()
+                with report.timed("checkpoint"):
+                    save()
+                paused += time.time() - t0
                 guard.saved(done)
             if stopping:
                 break
@@ -314,11 +312,11 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
         # Resumed after the last save (a crash during the final evaluation): the training
         # metrics were recorded before it; the learned encoder is scored again if they lack it.
         summary = workdir_lib.stored_event(workdir, "trained", final_step) or {}
-        if evaluator.enabled and "knn_top1" not in summary:
+        if evaluator and "knn_top1" not in summary:
             summary.update(evaluator(state.params, state.batch_stats))
     elif final_step == total_steps:
         workdir_lib.record_metrics(workdir, "trained", {**summary, "step": final_step})
-    if final_step == total_steps and evaluator.enabled and config.eval.get("knn_at_init", True):
+    if final_step == total_steps and evaluator and config.eval.get("knn_at_init", True):
         init_state = create_train_state(config, network, tx, method, mesh, init_rng)
         init_metrics = {f"{k}_init": v
                         for k, v in evaluator(init_state.params, init_state.batch_stats).items()}

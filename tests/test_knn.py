@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from simclr_jax.evaluate import knn
-from simclr_jax.evaluate.knn import extract_features, knn_accuracy, knn_classify, knn_eval
+from simclr_jax.evaluate.knn import (extract_features, knn_accuracy, knn_classify,
+                                     nearest_neighbours, neighbours_grid)
 
 
 def reference_knn(train, train_labels, test, num_classes, k, temperature):
@@ -173,19 +174,22 @@ def test_extract_features_without_mask_keeps_all_rows_and_rejects_empty():
         extract_features(lambda x: x, [])
 
 
-def test_knn_eval_matches_reference_accuracy():
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(6, 8)).astype(np.float32)
-    train_y = rng.integers(0, 6, size=45).astype(np.int32)
-    test_y = rng.integers(0, 6, size=21).astype(np.int32)
-    train_x = centres[train_y] + rng.normal(size=(45, 8)).astype(np.float32)
-    test_x = centres[test_y] + rng.normal(size=(21, 8)).astype(np.float32)
-    feature_fn = jax.jit(lambda x: x * 3.0)  # a scale: kNN on cosine similarity ignores it
-    got = knn_eval(feature_fn, _eval_batches(mesh, train_x, train_y, 16),
-                   _eval_batches(mesh, test_x, test_y, 8), 6, k=10, temperature=0.1)
-    preds, rankings = reference_knn(train_x, train_y, test_x, 6, 10, 0.1)
-    assert got["knn_num_train"] == 45 and got["knn_num_test"] == 21
-    assert got["knn_top1"] == pytest.approx(np.mean(preds == test_y), abs=1e-12)
-    assert got["knn_top5"] == pytest.approx(
-        np.mean([y in r[:5] for y, r in zip(test_y, rankings)]), abs=1e-12)
+def test_nearest_neighbours_are_the_most_cosine_similar_bank_rows():
+    rng = np.random.default_rng(4)
+    bank, test = rng.normal(size=(40, 6)), rng.normal(size=(5, 6))
+    got = nearest_neighbours(bank * 7.0, test, k=4)       # a scale changes no cosine
+    for row, idx in zip(test, got):
+        cos = [float(row @ b) / (np.linalg.norm(row) * np.linalg.norm(b)) for b in bank]
+        assert list(idx) == sorted(range(len(bank)), key=lambda j: -cos[j])[:4]
+
+
+def test_neighbours_grid_frames_matches_green_and_mismatches_red():
+    test = np.full((2, 4, 4, 3), 0.25, np.float32)
+    bank = np.full((2, 3, 4, 4, 3), 0.75, np.float32)
+    grid = neighbours_grid(test, np.array([1, 2]), bank, np.array([[1, 0, 1], [2, 2, 3]]))
+    assert grid.shape == (1, 2 * 8, 4 * 8, 3)
+    corner = lambda r, c: tuple(grid[0, r * 8, c * 8])  # noqa: E731  top-left pixel of a tile
+    assert corner(0, 0) == (0.5, 0.5, 0.5)                                # the test image
+    assert [corner(0, c)[1] > 0.5 for c in (1, 2, 3)] == [True, False, True]
+    assert [corner(1, c)[0] > 0.5 for c in (1, 2, 3)] == [False, False, True]
+    np.testing.assert_array_equal(grid[0, 2:6, 2:6], 0.25)               # pixels unchanged

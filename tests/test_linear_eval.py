@@ -18,6 +18,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from shared_pretraining import pretrained_workdir
+from tb_events import logged_tags
 from tiny_configs import load_config
 
 from simclr_jax import checkpoint, optim, parallel
@@ -80,6 +81,8 @@ def test_linear_eval_freezes_backbone_and_counts_every_example(pretrained, tmp_p
     assert saved["top1"] == results["top1"] and 0.0 <= saved["top1"] <= saved["top5"] <= 1.0
     assert saved["step"] == 4
     assert os.path.exists(tmp_path / "classifier.json")
+    tags = logged_tags(tmp_path)      # progress and what the classifier was trained on
+    assert tags.get("steps_per_sec") == "scalars" and tags.get("train_inputs") == "images"
 
 
 def test_standalone_knn_matches_the_pretraining_evaluator(pretrained, tmp_path):
@@ -93,6 +96,7 @@ def test_standalone_knn_matches_the_pretraining_evaluator(pretrained, tmp_path):
     assert results["num_test_examples"] == digits_test_split_size()
     with open(tmp_path / "knn_eval.json") as f:
         assert json.load(f)["knn_top1"] == results["knn_top1"]
+    assert logged_tags(tmp_path).get("knn_neighbours") == "images"
 
 
 class Identity(nn.Module):

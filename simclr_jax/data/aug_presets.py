@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import ml_collections
+from simclr_jax.data import normalization
 from simclr_jax.errors import UserError
 
 
@@ -21,8 +22,7 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
          blur_prob: float = 0.0, blur_sigma_min: float = 0.1, blur_sigma_max: float = 2.0,
          solarize_prob: float = 0.0, normalize: str = "none") -> ml_collections.ConfigDict:
     """One view's policy with every field spelled out (floats stay floats for type checks)."""
-    if normalize not in ("none", "imagenet", "cifar10"):
-        raise UserError(f"normalize={normalize!r}: use 'none', 'imagenet' or 'cifar10'.")
+    normalization.mean_std(normalize)  # an unknown name is one clear error
     if brightness_mode not in ("multiplicative", "additive"):
         raise UserError(f"brightness_mode={brightness_mode!r}: use 'multiplicative' (SimCLR: "
                         f"x * U[1-s, 1+s]) or 'additive' (BYOL: x + U[-s, s]).")

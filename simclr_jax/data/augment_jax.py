@@ -19,8 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from simclr_jax.data import normalization
+
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)       # tf.image.rgb_to_grayscale (ITU-R 601 luma)
 BRIGHTNESS_MODES = ("multiplicative", "additive")
 
@@ -112,11 +112,7 @@ def gaussian_blur(x, sigma, kernel_size: int):
 
 
 def normalize(x, how: str):
-    if how == "none":
-        return x
-    if how == "imagenet":
-        return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-    raise ValueError(f"normalize={how!r}; use 'none' or 'imagenet'.")
+    return normalization.normalize(x, how)
 
 
 # ----------------------------------------------------------------------------- random factors

@@ -26,12 +26,9 @@ from __future__ import annotations
 import functools
 
 import tensorflow as tf
+from simclr_jax.data import normalization
 from simclr_jax.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)   # the MoCo CIFAR-10 colab's transforms.Normalize
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 _RESIZE_METHODS = {
     "bicubic": tf.image.ResizeMethod.BICUBIC,
@@ -228,13 +225,7 @@ def solarize(x, threshold: float = 0.5):
 
 
 def normalize(x, how: str):
-    if how == "none":
-        return x
-    if how == "imagenet":
-        return (x - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
-    if how == "cifar10":
-        return (x - tf.constant(CIFAR10_MEAN)) / tf.constant(CIFAR10_STD)
-    raise UserError(f"normalize={how!r}; use 'none', 'imagenet' or 'cifar10'.")
+    return normalization.normalize(x, how)
 
 
 # ----------------------------------------------------------------------------- views

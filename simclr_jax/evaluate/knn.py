@@ -190,19 +190,108 @@ def extract_features(feature_fn: Callable, batches: Iterable[Mapping]):
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def knn_eval(feature_fn: Callable, train_batches: Iterable[Mapping],
-             test_batches: Iterable[Mapping], num_classes: int, k: int = 200,
-             temperature: float = 0.1, chunk_size: int = 1024) -> dict:
-    """Trainer hook: features of both splits, then kNN accuracy.
+def nearest_neighbours(bank_feats: np.ndarray, test_feats: np.ndarray, k: int) -> np.ndarray:
+    """int [T, k]: the bank rows most cosine-similar to each test row, most similar first."""
+    bank_n, test_n = (np.asarray(_l2_normalize(jnp.asarray(x, jnp.float32)))
+                      for x in (bank_feats, test_feats))
+    sim = test_n @ bank_n.T                                               # [T, N]
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
-    Returns {"knn_top1", ["knn_top5" if num_classes >= 5], "knn_num_train", "knn_num_test"};
-    the counts let a log show that no example was dropped.
+
+def neighbours_grid(test_images: np.ndarray, test_labels: np.ndarray, bank_images: np.ndarray,
+                    bank_labels: np.ndarray, border: int = 2) -> np.ndarray:
+    """[1, T*(S+2b), (k+1)*(S+2b), 3] image in [0, 1]: each row a test image (grey frame), then
+    its k neighbours in the bank framed green when their label matches, red when not.
+
+    test_images [T, S, S, 3], bank_images [T, k, S, S, 3], labels [T] and [T, k].
     """
-    train_feats, train_labels = extract_features(feature_fn, train_batches)
-    test_feats, test_labels = extract_features(feature_fn, test_batches)
-    acc = knn_accuracy(train_feats, train_labels, test_feats, test_labels, num_classes,
-                       k=k, temperature=temperature, chunk_size=chunk_size)
-    metrics = {f"knn_{name}": value for name, value in acc.items()}
-    metrics["knn_num_train"] = int(train_feats.shape[0])
-    metrics["knn_num_test"] = int(test_feats.shape[0])
-    return metrics
+    def framed(image, colour):                       # [S, S, 3] -> [S+2b, S+2b, 3]
+        size = image.shape[0] + 2 * border
+        tile = np.empty((size, image.shape[1] + 2 * border, 3), np.float32)
+        tile[:] = colour
+        tile[border:size - border, border:-border] = image
+        return tile
+
+    rows = []
+    for image, label, nbrs, nbr_labels in zip(test_images, test_labels, bank_images, bank_labels):
+        tiles = [framed(image, (0.5, 0.5, 0.5))]
+        tiles += [framed(n, (0.0, 0.8, 0.0) if y == label else (0.9, 0.0, 0.0))
+                  for n, y in zip(nbrs, nbr_labels)]
+        rows.append(np.concatenate(tiles, axis=1))
+    return np.clip(np.concatenate(rows, axis=0), 0.0, 1.0)[None].astype(np.float32)
+
+
+def make_feature_fn(network, mesh):
+    """Backbone (or projector: the network's `encode`) features in inference mode (BN running
+    statistics), jitted over the mesh: (params, batch_stats, images [B, S, S, 3]) -> [B, F]."""
+    from simclr_jax import parallel
+
+    @functools.partial(jax.jit, in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
+                                              parallel.batch_sharding(mesh)),
+                       out_shardings=parallel.batch_sharding(mesh))
+    def features(params, batch_stats, images):
+        return network.apply({"params": params, "batch_stats": batch_stats}, images,
+                             method="encode")
+    return features
+
+
+class KnnEvaluator:
+    """Weighted kNN (InstDisc) of an encoder's features: `bank` examples vote for `test` ones.
+
+    The same object monitors pretraining (every eval.every_steps) and runs the standalone kNN
+    mode. After each call, `neighbours_image()` shows a few test images with their nearest
+    bank images (random-access sources only; streamed ones have no index to show).
+    """
+
+    def __init__(self, network, mesh, *, bank, test, image_size: int, batch_size: int,
+                 k: int, temperature: float, normalize: str = "none", num_shown: int = 8,
+                 neighbours_shown: int = 7):
+        from simclr_jax.errors import UserError
+        if not bank.num_classes:
+            raise UserError(f"kNN evaluation needs labels but {bank.name}:{bank.split} has none; "
+                            f"set --config.dataset.knn_train_split='' to disable it.")
+        self.bank, self.test, self.mesh = bank, test, mesh
+        self.image_size, self.batch_size, self.normalize = image_size, batch_size, normalize
+        self.k, self.temperature = k, temperature
+        self.num_shown, self.neighbours_shown = num_shown, neighbours_shown
+        self.features = make_feature_fn(network, mesh)
+        self._shown = None          # (test indices [T], bank indices [T, k]) of the last call
+
+    def _extract(self, source, params, batch_stats):
+        from simclr_jax.data import pipeline
+        batches = pipeline.eval_batches(source, global_batch_size=self.batch_size,
+                                        image_size=self.image_size, mesh=self.mesh,
+                                        normalize=self.normalize)
+        return extract_features(lambda images: self.features(params, batch_stats, images),
+                                batches)
+
+    def __call__(self, params, batch_stats) -> dict:
+        bank_x, bank_y = self._extract(self.bank, params, batch_stats)
+        test_x, test_y = self._extract(self.test, params, batch_stats)
+        acc = knn_accuracy(bank_x, bank_y, test_x, test_y, num_classes=self.bank.num_classes,
+                           k=self.k, temperature=self.temperature)
+        if self.bank.random_access and self.test.random_access:
+            shown = np.linspace(0, len(test_x) - 1, min(self.num_shown, len(test_x))).astype(int)
+            self._shown = (shown, nearest_neighbours(
+                bank_x, test_x[shown], min(self.neighbours_shown, len(bank_x))))
+        return {f"knn_{name}": float(value) for name, value in acc.items()}
+
+    def neighbours_image(self) -> np.ndarray | None:
+        """[1, H, W, 3] grid of the last call's test images and their neighbours, or None."""
+        if self._shown is None:
+            return None
+        shown, nbrs = self._shown
+        test_images = _eval_images(self.test, shown, self.image_size)
+        bank_images = _eval_images(self.bank, nbrs.reshape(-1), self.image_size)
+        bank_images = bank_images.reshape(*nbrs.shape, *bank_images.shape[1:])
+        return neighbours_grid(test_images, self.test.labels[shown], bank_images,
+                               self.bank.labels[nbrs])
+
+
+def _eval_images(source, indices: np.ndarray, image_size: int) -> np.ndarray:
+    """float [n, S, S, 3] in [0, 1]: examples `indices` of a random-access source, as the
+    evaluation sees them before normalisation."""
+    from simclr_jax.data import augment_tf
+    crop = 1.0 if image_size <= 32 else 0.875
+    return np.stack([augment_tf.eval_view(source.read(source.images[i]), image_size, crop).numpy()
+                     for i in indices])

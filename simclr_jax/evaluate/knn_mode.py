@@ -3,16 +3,18 @@
     python -m simclr_jax.main --config configs/knn_eval.py \
         --config.init_from=runs/pretrain --workdir runs/pretrain_knn
 
-The same evaluator the pretraining loop runs (`train.KnnEvaluator`), on a checkpoint of choice,
-with the option to change the memory bank / test split, k or the temperature.
+The same evaluator the pretraining loop runs (`knn.KnnEvaluator`), on a checkpoint of choice,
+with the option to change the memory bank / test split, k or the temperature. Writes the result
+as JSON and, to TensorBoard, the accuracy and a grid of test images with their neighbours.
 """
 from __future__ import annotations
 
 import ml_collections
 
-from simclr_jax import parallel, train
+from simclr_jax import parallel
+from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
-from simclr_jax.evaluate import supervised
+from simclr_jax.evaluate import knn, supervised
 from simclr_jax.methods import get_method
 from simclr_jax.errors import UserError
 
@@ -37,8 +39,7 @@ def resolve(config, pre) -> ml_collections.ConfigDict:
             "knn_k": pick(config.eval.knn_k, pre.eval.knn_k),
             "knn_temperature": pick(config.eval.knn_temperature, pre.eval.knn_temperature),
         },
-        # images normalised as in pretraining
-        "aug": {"view1": {"normalize": pre.aug.view1.get("normalize", "none")}},
+        "normalize": pre.aug.view1.get("normalize", "none"),   # images as in pretraining
     })
     if not out.dataset.knn_train_split or not out.dataset.knn_test_split:
         raise UserError("kNN needs a memory bank and a test split: set "
@@ -53,7 +54,12 @@ def run(config, workdir: str) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(resolved.eval.batch_size, mesh)
     network = get_method(pre.method).build_network(pre, 0)   # encode(): backbone (+ projector)
-    evaluator = train.KnnEvaluator(resolved, mesh, network)
+    ds, ev = resolved.dataset, resolved.eval
+    evaluator = knn.KnnEvaluator(
+        network, mesh, bank=sources.get_source(ds.name, ds.knn_train_split, ds.data_dir),
+        test=sources.get_source(ds.name, ds.knn_test_split, ds.data_dir),
+        image_size=ds.image_size, batch_size=ev.batch_size, k=ev.knn_k,
+        temperature=ev.knn_temperature, normalize=resolved.normalize)
     used = ("backbone", "projector")
     params = parallel.replicate(mesh, {k: v for k, v in arrays["params"].items() if k in used})
     stats = parallel.replicate(mesh, {k: v for k, v in arrays.get("batch_stats", {}).items()
@@ -71,5 +77,8 @@ def run(config, workdir: str) -> dict:
     writer = supervised.make_writer(workdir)
     writer.write_scalars(results["step"], {k: v for k, v in results.items()
                                            if k in ("knn_top1", "knn_top5")})
+    neighbours = evaluator.neighbours_image()
+    if neighbours is not None:
+        writer.write_images(results["step"], {"knn_neighbours": neighbours})
     writer.flush()
     return results

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 
 from simclr_jax import checkpoint, losses, parallel
 from simclr_jax.data import pipeline
@@ -254,14 +254,18 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
         eval_batches_fn: Callable, total_steps: int, workdir: Optional[str] = None,
         writer=None, log_every: int = 50, checkpoint_every: Optional[int] = None,
         keep_checkpoints: int = 2, eval_every: Optional[int] = None,
-        eval_at_start: bool = False):
+        eval_at_start: bool = False, image_normalize: Optional[str] = None):
     """Train `state` to `total_steps`, then evaluate. Returns (state, results).
 
     train_batches_from(start_step) -> iterator of train batches; eval_batches_fn() -> one pass.
     With a workdir, checkpoints go to workdir/checkpoints and a rerun resumes from the latest.
     eval_at_start also scores the state as given (before training) as "<metric>_init".
+    With a writer: progress (steps/s, ETA, time in evaluation and checkpoints) and, with
+    `image_normalize`, the first training images as TensorBoard's "train_inputs".
     """
     results: dict = {}
+    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                             every_steps=log_every)
     if eval_at_start:
         init = evaluate(eval_step, state, eval_batches_fn())
         results.update({f"{k}_init": v for k, v in init.items() if k != "num_eval_examples"})
@@ -279,9 +283,15 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
     throttle = parallel.DispatchThrottle()
     try:
         for step in range(start, total_steps):
-            state, metrics = train_step(state, next(batches))
+            batch = next(batches)
+            if step == 0 and writer is not None and image_normalize is not None:
+                from simclr_jax.train import image_rows
+                writer.write_images(0, {"train_inputs": image_rows([batch["image"]],
+                                                                   image_normalize)})
+            state, metrics = train_step(state, batch)
             history.append(throttle(metrics))
             done = step + 1
+            report(done)
             at_end = done == total_steps
             if done % log_every == 0 or at_end or done % checkpoint_every == 0:
                 summary = _mean(history)
@@ -296,11 +306,13 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
                 if "train_accuracy" in summary:
                     results["train_accuracy"] = summary["train_accuracy"]
             if eval_every and done % eval_every == 0 and not at_end:
-                metrics = evaluate(eval_step, state, eval_batches_fn())
+                with report.timed("eval"):
+                    metrics = evaluate(eval_step, state, eval_batches_fn())
                 if writer is not None:
                     writer.write_scalars(done, {f"eval/{k}": v for k, v in metrics.items()})
             if manager is not None and (done % checkpoint_every == 0 or at_end):
-                checkpoint.save(manager, state)
+                with report.timed("checkpoint"):
+                    checkpoint.save(manager, state)
     finally:
         if manager is not None:
             manager.wait_until_finished()
@@ -330,7 +342,7 @@ def fit_protocol(config, state: SupervisedState, task: Task, *, tx, schedule, me
         total_steps=total_steps, workdir=workdir, writer=make_writer(workdir),
         log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
         keep_checkpoints=config.keep_checkpoints, eval_every=config.eval.get("every_steps"),
-        eval_at_start=eval_at_start)
+        eval_at_start=eval_at_start, image_normalize=normalize)
 
 
 # ----------------------------------------------------------------------------- outputs
