@@ -11,16 +11,14 @@ cifar10 — ResNet-18 CIFAR stem, batch 512, LARS lr 1.0 x B/256, wd 1e-5, tau 0
     no blur. (solo-learn R18 BYOL 1000 ep: 92.58 linear.)
 Deliberate differences from the official code and the hardware each number needs: FIDELITY.md.
 """
-from simclr_jax.config_base import base_config
+from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
 
 PRESETS = ("imagenet_300ep", "imagenet_1000ep", "cifar10")
 
 
-def get_config(arg="imagenet_300ep"):
-    arg = arg or "imagenet_300ep"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for byol; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="imagenet_300ep")
+def get_config(arg):
     c = base_config()
     c.method = "byol"
     c.head.kind, c.head.hidden_dim, c.head.out_dim = "byol", 4096, 256

@@ -20,15 +20,14 @@ Differences from the official code: FIDELITY.md.
 import ml_collections
 from ml_collections import config_dict
 
+from simclr_jax.config_base import with_presets
 from simclr_jax.evaluate.protocol_config import protocol_config
 
 PRESETS = ("imagenet", "cifar10")
 
 
-def get_config(arg="cifar10"):
-    arg = arg or "cifar10"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for distill; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="cifar10")
+def get_config(arg):
     c = protocol_config("distill", keep_model=True)
     del c.init_from
     del c.init_step

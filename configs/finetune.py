@@ -21,15 +21,14 @@ checkpoint and classifier.json: the workdir is a teacher for configs/distill.py.
 import ml_collections
 from ml_collections import config_dict
 
+from simclr_jax.config_base import with_presets
 from simclr_jax.evaluate.protocol_config import protocol_config
 
 PRESETS = ("imagenet_1pct", "imagenet_10pct", "cifar10_10pct")
 
 
-def get_config(arg="imagenet_1pct"):
-    arg = arg or "imagenet_1pct"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for finetune; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="imagenet_1pct")
+def get_config(arg):
     c = protocol_config("finetune")
     c.finetune = ml_collections.ConfigDict()
     c.finetune.ft_proj_selector = 1

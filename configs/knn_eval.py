@@ -8,10 +8,10 @@ size, k and temperature. Override e.g. --config.eval.knn_k=20 --config.init_step
 --config.dataset.knn_train_split='train[:10%]' for a smaller memory bank.
 Output: workdir/knn_eval.json (knn_top1, knn_top5, num_bank_examples, num_test_examples, ...).
 """
+from simclr_jax.config_base import with_presets
 from simclr_jax.evaluate.protocol_config import knn_config
 
 
-def get_config(arg=None):
-    if arg:
-        raise ValueError(f"knn_eval has no presets (got {arg!r}); override fields instead.")
+@with_presets(())
+def get_config():
     return knn_config()

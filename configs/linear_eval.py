@@ -27,15 +27,14 @@ CPU smoke run on the quickstart digits encoder:
         --config.init_from=/tmp/simclr_quickstart --config.batch_size=128 \
         --config.num_epochs=10 --workdir /tmp/simclr_quickstart_linear
 """
+from simclr_jax.config_base import with_presets
 from simclr_jax.evaluate.protocol_config import protocol_config
 
 PRESETS = ("simclr", "simclr_cifar10", "moco", "moco_v3", "moco_v3_vit", "byol")
 
 
-def get_config(arg="simclr"):
-    arg = arg or "simclr"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for linear_eval; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="simclr")
+def get_config(arg):
     c = protocol_config("linear_eval")
     c.optimizer.name = "sgd"
     c.optimizer.momentum = 0.9

@@ -8,16 +8,14 @@ cifar10 — the same recipe scaled to CIFAR-10 (R18 CIFAR stem, K 4096, batch 25
 torchvision ResNet init (kaiming normal fan_out, no zero-init of the last BN). Deliberate
 differences from the official code and the hardware each number needs: FIDELITY.md.
 """
-from simclr_jax.config_base import base_config
+from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
 
 PRESETS = ("imagenet_200ep", "cifar10")
 
 
-def get_config(arg="imagenet_200ep"):
-    arg = arg or "imagenet_200ep"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for moco_v1; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="imagenet_200ep")
+def get_config(arg):
     c = base_config()
     c.method = "moco"
     c.head.kind, c.head.out_dim = "moco_v1", 128

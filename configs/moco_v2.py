@@ -18,17 +18,15 @@ cifar10 — the ImageNet MoCo v2 recipe at CIFAR size (MLP head, crop 0.2, Image
 torchvision ResNet init (kaiming normal fan_out, no zero-init of the last BN). Deliberate
 differences from the official code and the hardware each number needs: FIDELITY.md.
 """
-from simclr_jax.config_base import base_config
+from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
 
 PRESETS = ("imagenet_200ep", "imagenet_800ep", "cifar10", "cifar10_colab",
            "cifar10_colab_symmetric")
 
 
-def get_config(arg="imagenet_200ep"):
-    arg = arg or "imagenet_200ep"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for moco_v2; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="imagenet_200ep")
+def get_config(arg):
     c = base_config()
     c.method = "moco"
     c.head.kind, c.head.hidden_dim, c.head.out_dim = "moco_v2", 2048, 128

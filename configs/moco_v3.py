@@ -15,16 +15,14 @@ cifar10 — ResNet-18 CIFAR stem, batch 512, LARS lr 0.3 x B/256 ... see BENCHMA
 The key encoder is updated with m_{k+1} just before the keys of step k+1, as main_moco.py.
 Deliberate differences from the official code and the hardware each number needs: FIDELITY.md.
 """
-from simclr_jax.config_base import base_config
+from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
 
 PRESETS = ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base", "cifar10")
 
 
-def get_config(arg="r50_100ep"):
-    arg = arg or "r50_100ep"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for moco_v3; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="r50_100ep")
+def get_config(arg):
     c = base_config()
     c.method = "moco_v3"
     c.head.kind, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = "moco_v3", 2, 4096, 256

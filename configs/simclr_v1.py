@@ -19,16 +19,14 @@ Architecture as SimCLR tf2's resnet.py: projection shortcut on every stage's fir
 stem max pool. Every deliberate difference from the official code, and the hardware each
 published number needs: FIDELITY.md.
 """
-from simclr_jax.config_base import base_config
+from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
 
 PRESETS = ("cifar10", "cifar10_folder", "imagenet", "imagenet_2x", "imagenet_4x")
 
 
-def get_config(arg="cifar10"):
-    arg = arg or "cifar10"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for simclr_v1; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="cifar10")
+def get_config(arg):
     c = base_config()
     c.method = "simclr"
     c.head.num_layers = 2

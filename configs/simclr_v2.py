@@ -15,16 +15,14 @@ cifar10 — ResNet-50 1x with the CIFAR stem, 3-layer head, batch 512, LARS lr 1
 Architecture as SimCLR tf2's resnet.py (projection shortcuts, TF SAME stem max pool). Deliberate
 differences from the official code and the hardware each number needs: FIDELITY.md.
 """
-from simclr_jax.config_base import base_config
+from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
 
 PRESETS = ("r50_1x", "r50_1x_sk", "r152_3x_sk", "cifar10", "r50_1x_memory", "cifar10_memory")
 
 
-def get_config(arg="r50_1x"):
-    arg = arg or "r50_1x"
-    if arg not in PRESETS:
-        raise ValueError(f"unknown preset {arg!r} for simclr_v2; valid: {', '.join(PRESETS)}")
+@with_presets(PRESETS, default="r50_1x")
+def get_config(arg):
     memory = arg.endswith("_memory")
     arg = arg[:-len("_memory")] if memory else arg
     c = base_config()

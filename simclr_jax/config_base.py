@@ -134,3 +134,71 @@ def load_config_file(path: str, preset: str | None = None) -> ml_collections.Con
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(preset) if preset is not None else module.get_config()
+
+
+# ----------------------------------------------------------------------------- presets
+
+RUNLOCAL = "runlocal"
+
+
+def with_presets(presets: tuple, default: str | None = None):
+    """Decorator for a config file's `get_config(preset)`: `--config file.py:ARG` with ARG a
+    preset name, `preset,runlocal` or `runlocal` (the default preset, runlocal). An unknown name
+    is one clear error listing the valid ones; `runlocal` shrinks any preset to a CPU run of a
+    few minutes on the embedded digits (see `runlocal`), like big_vision's configs."""
+    def wrap(build):
+        import os
+        file = os.path.basename(build.__code__.co_filename)
+
+        def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+            parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+            names = [p for p in parts if p != RUNLOCAL]
+            if len(names) > 1 or (names and names[0] not in presets):
+                valid = ", ".join(presets) if presets else "none"
+                raise UserError(f"unknown preset {','.join(names)!r} for {file}; valid: {valid}"
+                                f" (optionally followed by ',{RUNLOCAL}').")
+            preset = names[0] if names else default
+            config = build(preset) if presets else build()
+            return runlocal(config) if RUNLOCAL in parts else config
+
+        get_config.__doc__ = build.__doc__
+        return get_config
+    return wrap
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same recipe (method, heads, optimizer, schedules, EMA, queue, augmentation) at CPU
+    size: the embedded digits at 16 px, the smallest member of the backbone family (ResNet-10;
+    ResNet-14 where Selective Kernels need bottlenecks; a 2-block ViT), tiny heads, batch 16,
+    20 steps. For trying a preset on a laptop and for the tests; not for accuracy."""
+    c = ml_collections.ConfigDict(c)           # a copy: the preset itself is left intact
+    protocol = c.get("mode", "pretrain") != "pretrain"
+    c.batch_size, c.num_epochs, c.num_steps = 16, None, 20
+    c.warmup_epochs = 0.0
+    c.log_every_steps, c.checkpoint_every_steps = 5, 10
+    c.eval.batch_size = 64
+    if protocol:                   # the encoder and its data come from the evaluated run
+        if "image_size" in c.dataset:
+            c.dataset.image_size = None
+        if "model" in c:           # distillation's student
+            c.model.depth, c.model.width, c.model.stem = 10, 0.125, "cifar"
+        return c
+    c.dataset.name, c.dataset.data_dir = "digits", None
+    c.dataset.train_split, c.dataset.knn_train_split, c.dataset.knn_test_split = (
+        "train", "train", "test")
+    c.dataset.image_size = 16
+    if c.model.name == "vit":
+        c.model.variant, c.model.patch_size = "tiny_test", 4
+    elif c.model.sk_ratio > 0:   # Selective Kernels live in bottleneck blocks (+ ResNet-D stem)
+        c.model.depth, c.model.width, c.model.stem = 14, 0.125, "imagenet"
+    else:
+        c.model.depth, c.model.width, c.model.stem = 10, 0.125, "cifar"
+    if c.model.get("bn_group_size") is not None:
+        c.model.bn_group_size = 4
+    c.head.hidden_dim, c.head.out_dim, c.predictor.hidden_dim = 32, 16, 32
+    if c.method == "moco":
+        c.moco.queue_size = 4 * c.batch_size      # a multiple of 2B too (moco.symmetric)
+    if c.method == "simclr" and c.simclr.memory:
+        c.moco.queue_size = 4 * 2 * c.batch_size
+    c.eval.every_steps, c.eval.knn_k = 10, 10
+    return c

@@ -75,3 +75,34 @@ def test_vit_preset_runs_two_steps_and_keeps_patch_projection_frozen(tmp_path, f
     np.testing.assert_array_equal(np.asarray(b["patch_embed"]["bias"]),
                                   np.asarray(a["patch_embed"]["bias"]))
     assert not np.allclose(np.asarray(b["cls_token"]), np.asarray(a["cls_token"]))
+
+
+RECIPE = ("method", "optimizer", "loss", "ema", "aug", "lr_schedule", "seed")
+
+
+@pytest.mark.parametrize("file,preset", PRESETS)
+def test_runlocal_keeps_the_recipe_and_shrinks_the_rest(file, preset):
+    """`--config file.py:preset,runlocal`: the preset's recipe, the digits at 16 px, a small
+    backbone and 20 steps (what users try on a laptop and the tests build on)."""
+    from simclr_jax.config_base import load_config_file
+    from tiny_configs import ROOT
+    path = f"{ROOT}/configs/{file}"
+    full = load_config_file(path, preset)
+    local = load_config_file(path, f"{preset},runlocal" if preset else "runlocal")
+    for key in RECIPE:
+        assert local[key] == full[key], key
+    assert (local.dataset.name, local.dataset.image_size, local.num_steps) == ("digits", 16, 20)
+    if full.model.name == "resnet":
+        assert local.model.depth in (10, 14) and local.model.width == 0.125
+    assert full.dataset.name != "digits" or full.dataset.image_size != 16   # the preset is intact
+
+
+def test_unknown_preset_is_one_clear_error():
+    from simclr_jax.config_base import load_config_file
+    from simclr_jax.errors import UserError
+    from tiny_configs import ROOT
+    with pytest.raises(UserError, match="unknown preset 'cifar100' for byol.py; valid: "
+                                        "imagenet_300ep, imagenet_1000ep, cifar10"):
+        load_config_file(f"{ROOT}/configs/byol.py", "cifar100,runlocal")
+    with pytest.raises(UserError, match="for quickstart.py; valid: none"):
+        load_config_file(f"{ROOT}/configs/quickstart.py", "cifar10")

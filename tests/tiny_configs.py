@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from simclr_jax.config_base import load_config_file
+from simclr_jax.config_base import load_config_file, runlocal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,30 +13,12 @@ def load_config(file: str, preset: str | None = None):
 
 
 def shrink(c, *, batch_size=16, image_size=16, steps=2):
-    """Same method and recipe, test-sized: ResNet-10 (one block per stage; ResNet-14 where
-    Selective Kernels need bottlenecks) at width 1/8, 16 px digits, 2 steps."""
-    c.unlock()
-    c.dataset.name = "digits"
-    c.dataset.data_dir = None
-    c.dataset.train_split, c.dataset.knn_train_split, c.dataset.knn_test_split = (
-        "train", "train", "test")
+    """The preset's `runlocal` version (same recipe: ResNet-10, or ResNet-14 where Selective
+    Kernels need bottlenecks, at width 1/8 on the digits) at test size: `steps` steps, no
+    periodic kNN, checkpoint or image, metrics every step."""
+    c = runlocal(c)
     c.dataset.image_size = image_size
-    if c.model.name == "vit":
-        c.model.variant = "tiny_test"
-        c.model.patch_size = 4
-    elif c.model.sk_ratio > 0:   # Selective Kernels live in bottleneck blocks (+ ResNet-D stem)
-        c.model.depth, c.model.width, c.model.stem = 14, 0.125, "imagenet"
-    else:
-        c.model.depth, c.model.width, c.model.stem = 10, 0.125, "cifar"
-    if c.model.get("bn_group_size") is not None:
-        c.model.bn_group_size = 4
-    c.head.hidden_dim = 32
-    c.head.out_dim = 16
-    c.predictor.hidden_dim = 32
-    c.batch_size = batch_size
-    c.num_epochs = None
-    c.num_steps = steps
-    c.warmup_epochs = 0.0
+    c.batch_size, c.num_steps = batch_size, steps
     if c.method == "moco":
         c.moco.queue_size = 4 * batch_size
     if c.method == "simclr" and c.simclr.memory:
@@ -44,8 +26,6 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
     for v in (c.aug.view1, c.aug.view2):
         v.blur_prob = min(v.blur_prob, 0.5)
     c.eval.every_steps = 1000
-    c.eval.batch_size = 64
-    c.eval.knn_k = 10
     c.eval.knn_at_init = False
     c.log_every_steps = 1
     c.checkpoint_every_steps = 1000
