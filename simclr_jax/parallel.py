@@ -28,14 +28,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
-    """The global batch must split evenly over devices; say how to fix it when it does not."""
+def check_batch_divisible(global_batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
+    """The global batch must split evenly over the devices (and so over the processes, which
+    hold equal numbers of devices); say how to fix it when it does not. `name`: its config key."""
     n = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % n:
         lower = max(n, (global_batch_size // n) * n)
         raise UserError(
-            f"batch_size={global_batch_size} does not divide over {n} devices; "
-            f"use a multiple of {n}, e.g. --config.batch_size={lower} or {lower + n}.")
+            f"{name}={global_batch_size} does not divide over {n} devices; "
+            f"use a multiple of {n}, e.g. --config.{name}={lower} or {lower + n}.")
 
 
 def to_global(mesh: Mesh, local_tree):

@@ -33,8 +33,7 @@ import tensorflow as tf
 
 from simclr_jax import parallel
 from simclr_jax.data import augment_tf, sources
-
-sources.keep_tf_off_accelerators()
+from simclr_jax.errors import UserError
 
 _NO_END = 2 ** 62                # the element counter of an "infinite" stream
 DEFAULT_SHUFFLE_BUFFER = 10_000  # streamed sources: record shuffle buffer (encoded bytes)
@@ -45,20 +44,6 @@ def _options() -> tf.data.Options:
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
     return options
-
-
-def check_global_batch(global_batch_size: int, mesh, what: str) -> None:
-    """The global batch must split evenly over the devices (and so over the processes)."""
-    n_dev = mesh.devices.size
-    if global_batch_size <= 0 or global_batch_size % n_dev:
-        lower = max(n_dev, global_batch_size // n_dev * n_dev)
-        raise ValueError(
-            f"{what} global batch size {global_batch_size} does not divide over the {n_dev} "
-            f"devices (jax.device_count()={jax.device_count()}); use a multiple of {n_dev}, "
-            f"e.g. {lower} or {lower + n_dev}.")
-    if global_batch_size % jax.process_count():
-        raise ValueError(f"{what} global batch size {global_batch_size} does not divide over "
-                         f"{jax.process_count()} processes.")
 
 
 def _device_prefetch(batches, mesh, size: int = 2) -> Iterator[dict]:
@@ -152,11 +137,11 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
     arrays; view k is drawn with aug_cfg.view{k}. Deterministic given (seed, start_step).
     With aug_cfg.on_device the views are uint8, only cropped, resized and flipped: the train
     step finishes them with `augment_jax.augment_batch`."""
-    check_global_batch(global_batch_size, mesh, "pretraining")
+    parallel.check_batch_divisible(global_batch_size, mesh)
     if source.num_examples < global_batch_size:
-        raise ValueError(f"{source.name}:{source.split} has {source.num_examples} examples, "
-                         f"fewer than one global batch of {global_batch_size}; lower the batch "
-                         f"size.")
+        raise UserError(f"{source.name}:{source.split} has {source.num_examples} examples, "
+                        f"fewer than one global batch of {global_batch_size}; lower the batch "
+                        f"size.")
     view_cfgs = _view_configs(aug_cfg, num_views)
     pi, pc = jax.process_index(), jax.process_count()
     local_batch = global_batch_size // pc
@@ -212,7 +197,7 @@ def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, to_global
     n_local = min(source.stream_sizes(pc))
     n_eff = n_local // local_batch * local_batch
     if n_eff == 0:
-        raise ValueError(f"each of the {pc} processes holds {n_local} examples, fewer than its "
+        raise UserError(f"each of the {pc} processes holds {n_local} examples, fewer than its "
                          f"local batch of {local_batch}; lower the batch size.")
     epoch0, offset = divmod(start, n_eff)
     make = tf.function(make)  # traced once, reused by every epoch's pipeline
@@ -238,7 +223,7 @@ def eval_batches(source: sources.Source, *, global_batch_size: int, image_size: 
     label -1). Centre crop of `crop_fraction` of the short side (default: 1.0 up to 32 px, else
     SimCLR's 0.875), resize, then `normalize` ("none" | "imagenet": match the training views).
     """
-    check_global_batch(global_batch_size, mesh, "evaluation")
+    parallel.check_batch_divisible(global_batch_size, mesh, "eval.batch_size")
     if crop_fraction is None:
         crop_fraction = 1.0 if image_size <= 32 else 0.875
     pi, pc = jax.process_index(), jax.process_count()

@@ -16,13 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-_EPS = 1e-12  # like torch.nn.functional.normalize: a zero vector stays zero
-
-
-def _l2_normalize(x):  # [..., D] -> [..., D]
-    norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, _EPS)
-
+from simclr_jax.losses import l2_normalize   # a zero vector stays zero
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes", "top"))
 def _knn_chunk(train_n, train_labels, test_chunk, temperature, *, k, num_classes, top):
@@ -31,7 +25,7 @@ def _knn_chunk(train_n, train_labels, test_chunk, temperature, *, k, num_classes
     train_n [N, D] already L2-normalised, train_labels [N] int32, test_chunk [C, D] raw.
     Returns int32 [C, top]: classes sorted by descending score, ties -> lower class index.
     """
-    test_n = _l2_normalize(test_chunk.astype(jnp.float32))  # [C, D]
+    test_n = l2_normalize(test_chunk.astype(jnp.float32))  # [C, D]
     sim = jnp.matmul(test_n, train_n.T, precision=jax.lax.Precision.HIGHEST)  # [C, N]
     top_sim, top_idx = jax.lax.top_k(sim, k)  # [C, k] each; equal sims -> lower train index
     weights = jnp.exp(top_sim / temperature)  # [C, k]
@@ -87,7 +81,7 @@ def _knn_top_classes(train_feats, train_labels, test_feats, num_classes, k, temp
         return np.zeros((0, top), np.int32)
     k = min(k, train_feats.shape[0])  # fewer train examples than k: vote with all of them
     chunk = min(chunk_size, num_test)  # one compiled shape per call
-    train_n = _l2_normalize(jnp.asarray(train_feats, jnp.float32))  # [N, D]
+    train_n = l2_normalize(jnp.asarray(train_feats, jnp.float32))  # [N, D]
     labels = jnp.asarray(train_labels, jnp.int32)  # [N]
     temp = jnp.float32(temperature)
     out = []
@@ -192,7 +186,7 @@ def extract_features(feature_fn: Callable, batches: Iterable[Mapping]):
 
 def nearest_neighbours(bank_feats: np.ndarray, test_feats: np.ndarray, k: int) -> np.ndarray:
     """int [T, k]: the bank rows most cosine-similar to each test row, most similar first."""
-    bank_n, test_n = (np.asarray(_l2_normalize(jnp.asarray(x, jnp.float32)))
+    bank_n, test_n = (np.asarray(l2_normalize(jnp.asarray(x, jnp.float32)))
                       for x in (bank_feats, test_feats))
     sim = test_n @ bank_n.T                                               # [T, N]
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]

@@ -52,7 +52,7 @@ def run(config, workdir: str) -> dict:
     pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
     resolved = resolve(config, pre)
     mesh = parallel.make_mesh()
-    parallel.check_batch_divisible(resolved.eval.batch_size, mesh)
+    parallel.check_batch_divisible(resolved.eval.batch_size, mesh, "eval.batch_size")
     network = get_method(pre.method).build_network(pre, 0)   # encode(): backbone (+ projector)
     ds, ev = resolved.dataset, resolved.eval
     evaluator = knn.KnnEvaluator(

@@ -239,7 +239,7 @@ def make_protocol_mesh(config):
     """The device mesh, after checking that both batch sizes split evenly over it."""
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh)
-    parallel.check_batch_divisible(config.eval.batch_size, mesh)
+    parallel.check_batch_divisible(config.eval.batch_size, mesh, "eval.batch_size")
     return mesh
 
 

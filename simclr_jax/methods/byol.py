@@ -29,5 +29,4 @@ def compute_loss(network, config, params, state, batch, rng):
     return loss + p1 + p2, (stats, {"target_batch_stats": target_stats}, metrics)
 
 
-def after_update(network, config, state, total_steps):
-    return common.ema_update(config, state, total_steps)
+after_update = common.ema_after_update

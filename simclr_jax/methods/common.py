@@ -97,6 +97,11 @@ def ema_update(config, state, total_steps, momentum_of_next_step: bool = False):
     return state.replace(target_params=ema(state.target_params, target_subtree(state.params), m))
 
 
+def ema_after_update(network, config, state, total_steps):
+    """`after_update` of the methods whose target follows the online network with m_k."""
+    return ema_update(config, state, total_steps)
+
+
 def apply_target(network, state, x):
     """Target forward pass in training mode (its BN uses batch statistics, as in the references);
     returns (outputs, new target batch_stats). No gradient flows: callers stop_gradient."""

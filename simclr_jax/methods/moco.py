@@ -121,5 +121,4 @@ def compute_loss(network, config, params, state, batch, rng):
     return loss + p_loss, (batch_stats, extras, metrics)
 
 
-def after_update(network, config, state, total_steps):
-    return common.ema_update(config, state, total_steps)
+after_update = common.ema_after_update

@@ -10,6 +10,8 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
+from simclr_jax.errors import UserError
+
 KNN_FEATURES = ("backbone", "projection")
 
 
@@ -22,8 +24,8 @@ class SSLNetwork(nn.Module):
 
     def __post_init__(self):
         if self.knn_features not in KNN_FEATURES:
-            raise ValueError(f"eval.knn_features must be one of {KNN_FEATURES}, got "
-                             f"{self.knn_features!r}")
+            raise UserError(f"eval.knn_features must be one of {KNN_FEATURES}, got "
+                            f"{self.knn_features!r}")
         super().__post_init__()
 
     def setup(self):
