@@ -192,6 +192,7 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     initialisation); "stopped" is True when the run ended before total_steps.
     """
     validate_config(config)
+    stop = preemption.StopSignal()  # from here on, SIGTERM stops at the first step boundary
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh)
@@ -237,7 +238,6 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
                              lr_schedule=lr_schedule, total_steps=total_steps)
     evaluator = KnnEvaluator(config, mesh, network)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-    stop = preemption.StopSignal()
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
