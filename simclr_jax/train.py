@@ -182,11 +182,16 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     "stopped" is True when the run ended before total_steps.
     """
     validate_config(config)
-    with workdir_lib.WorkdirLock(workdir):
-        return _train_and_evaluate(config, workdir, stop_after_steps)
+    stop = preemption.StopSignal()  # from here on, SIGTERM stops at the first step boundary
+    try:
+        with workdir_lib.WorkdirLock(workdir):
+            return _train_and_evaluate(config, workdir, stop_after_steps, stop)
+    finally:
+        stop.restore()
 
 
-def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> dict:
+def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
+                        stop: preemption.StopSignal) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh)
     method = get_method(config.method)
@@ -248,7 +253,6 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
     evaluator = make_knn_evaluator(config, mesh, network)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
-    stop = preemption.StopSignal()
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
@@ -305,7 +309,6 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None) -> d
                 break
     finally:
         manager.wait_until_finished()
-        stop.restore()
 
     final_step = int(jax.device_get(state.step))
     if final_step == total_steps and start_step == total_steps:

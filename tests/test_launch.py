@@ -46,7 +46,8 @@ def test_tpu_vm_train_passes_the_command_unchanged():
     common = ["--name", "ssl", "--zone", "z"]
     out = dry("tpu_vm.sh", "train", *common, "--config", "configs/moco_v3.py:imagenet",
               "--workdir", "gs://b/r")
-    assert "python3 -m simclr_jax.main --config=configs/moco_v3.py:imagenet --workdir=gs://b/r" in out
+    assert ("python3 -m simclr_jax.main --config=configs/moco_v3.py:imagenet "
+            "--workdir=gs://b/r") in out
     assert "set -o pipefail" in out and "coordinator" not in out and "process_id" not in out
 
 

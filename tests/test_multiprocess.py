@@ -13,10 +13,12 @@ Every process runs under a timeout, so a hang fails the test instead of blocking
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -31,8 +33,15 @@ PYTHON = sys.executable
 CONFIG = os.path.join(ROOT, "tests", "multiprocess_config.py")
 TIMEOUT_S = 300           # per process: a hang fails instead of blocking the suite
 HEARTBEAT_S = 10          # dead-peer detection in the kill -9 test
+COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"simclr_jax_mp_cache_{os.getpid()}")
 LOSS_RTOL = 1e-4
 PARAM_TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_compile_cache():
+    yield
+    shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -42,11 +51,17 @@ def free_port() -> int:
 
 
 def child_env(devices: int) -> dict:
-    """The test's env without its 8-device XLA flag: `devices` virtual CPU devices."""
+    """The test's env without its 8-device XLA flag: `devices` virtual CPU devices.
+
+    Compile time dominates: runs of a program compiled before (the SIGTERM and kill -9 tests
+    run the first SimCLR run's programs) load it from JAX's persistent cache.
+    """
     env = dict(os.environ)
     env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                         "--xla_backend_optimization_level=0")
-    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
+               JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(key, None)
     return env
@@ -106,7 +121,11 @@ REFERENCE = textwrap.dedent("""
         config = get_config(config_arg)
         config.unlock()
         for key, value in overrides.items():
-            config[key] = value
+            *path, last = key.split(".")
+            node = config
+            for name in path:
+                node = node[name]
+            node[last] = value
         main.run_mode(config, workdir)
 """)
 
@@ -159,9 +178,10 @@ def simclr_runs(tmp_path_factory):
 
     def jobs(base):
         pre = str(base / "pretrain")
-        return [
-            ("quickstart.py", pre, {}),
-            ("knn_eval.py", str(base / "knn"), {"init_from": pre}),
+        return [   # the view-pairs image on; kNN in the knn_eval job (the same evaluator)
+            ("quickstart.py", pre, {"log_images": True, "dataset.knn_train_split": ""}),
+            ("knn_eval.py", str(base / "knn"),
+             {"init_from": pre, "dataset.knn_train_split": "train"}),
             ("linear_eval.py+simclr", str(base / "linear"), {"init_from": pre}),
             ("finetune.py+cifar10_10pct", str(base / "finetune"), {"init_from": pre}),
             ("distill.py+cifar10", str(base / "distill"),
@@ -169,7 +189,8 @@ def simclr_runs(tmp_path_factory):
         ]
 
     for config_arg, workdir, overrides in jobs(two):
-        flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+        flags = [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                 for k, v in overrides.items()]
         start = time.time()
         TwoProcesses("simclr_jax.main", main_args(config_arg, workdir, *flags), root,
                      os.path.basename(workdir)).wait_ok()
@@ -190,7 +211,7 @@ def test_simclr_pretraining_two_processes_equal_one(simclr_runs):
     two, one = simclr_runs
     got, want = (read_json(d / "pretrain", "final_metrics.json") for d in (two, one))
     assert got["step"] == want["step"] == 3
-    assert_close_metrics(got, want, ["loss", "total_loss", "knn_top1"])
+    assert_close_metrics(got, want, ["loss", "total_loss"])
     assert_close_trees(final_arrays(two / "pretrain"), final_arrays(one / "pretrain"))
 
 
@@ -257,12 +278,14 @@ def wait_for(condition, timeout=TIMEOUT_S, what=""):
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resume_is_exact(
         simclr_runs, tmp_path):
-    """SIGTERM to process 1 only: both processes save the same step s < 3 and exit with status 3;
-    re-running the same command finishes with the parameters of the uninterrupted run."""
+    """SIGTERM to process 1 only: both processes save the same step s < 3 and exit with status 3.
+    Resuming that checkpoint on the other topology (1 process x 4 devices) ends with the
+    parameters of the uninterrupted 2-process run."""
     two, _ = simclr_runs
     workdir = tmp_path / "run"
-    args = main_args("quickstart.py", workdir)
-    run = TwoProcesses("simclr_jax.main", args, tmp_path, "stopped")
+    run = TwoProcesses("simclr_jax.main", main_args("quickstart.py", workdir,
+                                                    "--config.dataset.knn_train_split="),
+                       tmp_path, "stopped")
     wait_for(lambda: "Hyperparameters" in run.log(0) and "JAX process 1/2" in run.log(1),
              what="both processes to start")
     run.procs[1].send_signal(signal.SIGTERM)
@@ -275,15 +298,16 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resume_is_exact(
     assert "finished" not in run.log(0)
     steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert steps == [stopped]
-    TwoProcesses("simclr_jax.main", args, tmp_path, "resumed").wait_ok()
+    run_reference([("quickstart.py", str(workdir), {"dataset.knn_train_split": ""})], tmp_path)
     assert read_json(workdir, "final_metrics.json")["step"] == 3
     assert_close_trees(final_arrays(workdir), final_arrays(two / "pretrain"))
 
 
 def test_kill_9_of_one_process_ends_the_other_with_a_clear_message(tmp_path):
     """The survivor exits (non-zero, naming the lost peer) in bounded time instead of hanging."""
-    run = TwoProcesses("simclr_jax.main", main_args("quickstart.py", tmp_path / "run"), tmp_path,
-                       "killed")
+    run = TwoProcesses("simclr_jax.main", main_args("quickstart.py", tmp_path / "run",
+                                                    "--config.dataset.knn_train_split="),
+                       tmp_path, "killed")
     wait_for(lambda: "Hyperparameters" in run.log(0) and "JAX process 1/2" in run.log(1),
              what="both processes to start")
     run.procs[1].kill()

@@ -19,7 +19,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from simclr_jax import losses, optim, train
+from simclr_jax import losses
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -96,22 +96,18 @@ def run(config, workdir: str) -> dict:
     student = clf.build(meta)
     rng = jax.random.PRNGKey(config.seed)
     variables = init_student(student, rng, ds.image_size, config.model.get("bn_group_size"))
-    total_steps, _, schedule = train.make_schedules(config, train_source.num_examples)
-    tx = optim.make_optimizer(config.optimizer, schedule)
+    total_steps, schedule, tx = supervised.protocol_optimizer(config, train_source.num_examples)
     state = supervised.create_state(variables["params"], variables.get("batch_stats", {}),
                                     {"teacher": teacher_vars}, tx, jax.random.fold_in(rng, 1),
                                     mesh)
 
-    supervised.write_config(workdir, config)
-    clf.write_description(workdir, meta)
     task = distill_task(student, teacher, temperature=d.temperature, alpha=d.alpha)
-    view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Distilling %s into a %s student on %s:%s for %d steps.", config.teacher_from,
                  config.model.name, ds.name, ds.train_split, total_steps)
     state, results = supervised.fit_protocol(
         config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
-        eval_source=eval_source, view=view, image_size=ds.image_size, normalize=normalize,
-        total_steps=total_steps, workdir=workdir, eval_at_start=True)
+        eval_source=eval_source, image_size=ds.image_size, normalize=normalize,
+        total_steps=total_steps, workdir=workdir, meta=meta, eval_at_start=True)
     results.update({"protocol": "distill", "teacher_from": config.teacher_from,
                     "dataset": ds.name, "train_split": ds.train_split,
                     "eval_split": ds.eval_split, "eval_split_size": eval_source.num_examples,

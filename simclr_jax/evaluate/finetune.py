@@ -23,7 +23,6 @@ from typing import Optional
 import jax
 import numpy as np
 
-from simclr_jax import optim, train
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -103,21 +102,17 @@ def run(config, workdir: str) -> dict:
     module = clf.build(meta)
     rng = jax.random.PRNGKey(config.seed)
     variables = clf.init_variables(module, arrays, rng, ds.image_size)
-    total_steps, _, schedule = train.make_schedules(config, train_source.num_examples)
-    tx = optim.make_optimizer(config.optimizer, schedule)
+    total_steps, schedule, tx = supervised.protocol_optimizer(config, train_source.num_examples)
     state = supervised.create_state(variables["params"], variables["batch_stats"], {}, tx,
                                     jax.random.fold_in(rng, 1), mesh)
 
-    supervised.write_config(workdir, config)
-    clf.write_description(workdir, meta)
     task = finetune_task(module)
-    view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Fine-tuning on %d labelled examples of %s:%s for %d steps.",
                  train_source.num_examples, ds.name, ds.train_split, total_steps)
     state, results = supervised.fit_protocol(
         config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
-        eval_source=eval_source, view=view, image_size=ds.image_size, normalize=normalize,
-        total_steps=total_steps, workdir=workdir)
+        eval_source=eval_source, image_size=ds.image_size, normalize=normalize,
+        total_steps=total_steps, workdir=workdir, meta=meta)
     results.update({"protocol": "finetune", "init_from": config.init_from,
                     "pretrain_step": int(jax.device_get(arrays["step"])),
                     "dataset": ds.name, "train_split": ds.train_split,

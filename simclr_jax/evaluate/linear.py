@@ -15,7 +15,6 @@ import logging
 
 import jax
 
-from simclr_jax import optim, train
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -65,20 +64,16 @@ def run(config, workdir: str) -> dict:
     module = clf.build(meta)
     rng = jax.random.PRNGKey(config.seed)
     variables = clf.init_variables(module, arrays, rng, ds.image_size)
-    total_steps, _, schedule = train.make_schedules(config, train_source.num_examples)
-    tx = optim.make_optimizer(config.optimizer, schedule)
+    total_steps, schedule, tx = supervised.protocol_optimizer(config, train_source.num_examples)
     state = create_state(module, variables, tx, jax.random.fold_in(rng, 1), mesh)
 
-    supervised.write_config(workdir, config)
-    clf.write_description(workdir, meta)
     task = linear_task(module)
-    view = supervised.training_view(config.aug.view1, normalize)
     logging.info("Linear evaluation: %d steps on %s:%s, eval on %s (%d examples).", total_steps,
                  ds.name, ds.train_split, ds.eval_split, eval_source.num_examples)
     state, results = supervised.fit_protocol(
         config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
-        eval_source=eval_source, view=view, image_size=ds.image_size, normalize=normalize,
-        total_steps=total_steps, workdir=workdir)
+        eval_source=eval_source, image_size=ds.image_size, normalize=normalize,
+        total_steps=total_steps, workdir=workdir, meta=meta)
     results.update({"protocol": "linear_eval", "init_from": config.init_from,
                     "pretrain_step": int(jax.device_get(arrays["step"])),
                     "dataset": ds.name, "eval_split": ds.eval_split,

@@ -325,11 +325,23 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
     return state, results
 
 
+def protocol_optimizer(config, num_train_examples: int):
+    """(total_steps, lr schedule, optax optimizer) of a protocol config."""
+    from simclr_jax import optim, train
+    total_steps, _, schedule = train.make_schedules(config, num_train_examples)
+    return total_steps, schedule, optim.make_optimizer(config.optimizer, schedule)
+
+
 def fit_protocol(config, state: SupervisedState, task: Task, *, tx, schedule, mesh,
-                 train_source, eval_source, view, image_size: int, normalize: str,
-                 total_steps: int, workdir: str, eval_at_start: bool = False):
+                 train_source, eval_source, image_size: int, normalize: str,
+                 total_steps: int, workdir: str, meta: dict, eval_at_start: bool = False):
     """`fit` with the protocol config's batches, logging, checkpointing and evaluation cadence:
-    the loop every protocol (linear eval, fine-tuning, distillation) shares."""
+    the loop every protocol (linear eval, fine-tuning, distillation) shares. Records the config
+    and the classifier description (`meta`) in the workdir first."""
+    from simclr_jax.evaluate import classifier
+    write_config(workdir, config)
+    classifier.write_description(workdir, meta)
+    view = training_view(config.aug.view1, normalize)
     return fit(
         state, train_step=make_train_step(mesh, task, tx, schedule),
         eval_step=make_eval_step(mesh, task),
