@@ -2,7 +2,10 @@
 
 XLA reads the flag when the CPU backend starts, so it must be set before jax is imported.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 # Optimisation level 0 halves XLA's CPU compile time (which dominates these tiny-model tests);
 # every comparison is between programs compiled with the same flags, or against numpy.
@@ -11,6 +14,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAG
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the session, inherited by the CLI subprocesses: many
+# tests compile the same tiny programs in different processes, and compiling dominates.
+_CACHE = tempfile.mkdtemp(prefix="simclr_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import tensorflow as tf  # noqa: E402  (keep TF off any accelerator; tf.data only)
 
