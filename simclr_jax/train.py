@@ -165,7 +165,8 @@ def flat_hparams(config) -> dict:
     return flat
 
 
-def _mean_metrics(history: list[dict]) -> dict:
+def mean_metrics(history: list[dict]) -> dict:
+    """The mean of each metric over the steps since the last summary (one host transfer)."""
     host = jax.device_get(history)
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
@@ -280,7 +281,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             # non-finite check runs before any checkpoint is written.
             if (done % config.log_every_steps == 0 or done % config.checkpoint_every_steps == 0
                     or at_end or stopping):
-                summary = _mean_metrics(history)
+                summary = mean_metrics(history)
                 history = []
                 guard.check(summary, last_log_step, done)
                 elapsed = time.time() - last_log_time - paused      # training steps only

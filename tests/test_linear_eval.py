@@ -22,6 +22,7 @@ from tb_events import logged_tags
 from tiny_configs import load_config
 
 from simclr_jax import checkpoint, optim, parallel
+from simclr_jax.errors import NonFiniteLossError
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import knn_mode, linear, supervised
 
@@ -161,3 +162,19 @@ def test_linear_probe_agrees_with_logistic_regression():
     assert results["num_eval_examples"] == len(test_idx)
     assert ref_acc > 0.9
     assert abs(results["top1"] - ref_acc) <= 0.025, (results["top1"], ref_acc)
+
+    # The same loop at an absurd learning rate stops with the pretraining loop's message
+    # instead of evaluating (or saving) a non-finite classifier.
+    huge = optim.make_optimizer(opt, 1e38)
+    rng = jax.random.PRNGKey(1)               # the first run's state (rng included) was donated
+    head = clf.linear_head(10, zero_init=True).init(rng, jnp.zeros((1, x.shape[1])))["params"]
+    with pytest.raises(NonFiniteLossError, match="non-finite loss or gradient between steps"):
+        supervised.fit(
+            linear.create_state(module, {"params": {clf.HEAD: head}, "batch_stats": {}}, huge,
+                                rng, mesh),
+            train_step=supervised.make_train_step(mesh, task, huge, lambda _: 1e38),
+            eval_step=supervised.make_eval_step(mesh, task),
+            train_batches_from=lambda start: feature_batches(x[train_idx], y[train_idx], batch,
+                                                             mesh=mesh, train=True),
+            eval_batches_fn=lambda: feature_batches(x[test_idx], y[test_idx], batch, mesh=mesh),
+            total_steps=20, log_every=10)

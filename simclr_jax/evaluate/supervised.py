@@ -28,7 +28,8 @@ from clu import metric_writers, periodic_actions
 from simclr_jax import checkpoint, losses, parallel
 from simclr_jax.data import pipeline
 from simclr_jax.state import select_tree, tree_all_finite
-from simclr_jax.train import NonFiniteLossError
+from simclr_jax.guard import DivergenceGuard
+from simclr_jax.train import mean_metrics
 from simclr_jax.workdir import as_path
 from simclr_jax.errors import UserError
 
@@ -245,11 +246,6 @@ def make_protocol_mesh(config):
 
 # ----------------------------------------------------------------------------- loop
 
-def _mean(history: list) -> dict:
-    host = jax.device_get(history)
-    return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
-
-
 def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Callable,
         eval_batches_fn: Callable, total_steps: int, workdir: Optional[str] = None,
         writer=None, log_every: int = 50, checkpoint_every: Optional[int] = None,
@@ -277,6 +273,12 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
             state = restored
             logging.info("Resumed from checkpoint at step %d.", int(state.step))
     start = int(jax.device_get(state.step))
+    # The pretraining loop's guard with the ratio rule off: a non-finite step stops the run
+    # with the same message (naming the last good checkpoint) and is never saved.
+    guard = DivergenceGuard.start(0.0, manager.directory if manager else "(not saved)",
+                                  start if start > 0 else None,
+                                  float(optax.global_norm(state.params)))
+    last_summary_step = start
     checkpoint_every = checkpoint_every or total_steps
     batches = train_batches_from(start) if start < total_steps else iter(())
     history: list = []
@@ -294,12 +296,10 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
             report(done)
             at_end = done == total_steps
             if done % log_every == 0 or at_end or done % checkpoint_every == 0:
-                summary = _mean(history)
+                summary = mean_metrics(history)
                 history = []
-                if summary["nonfinite"] > 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient before step {done}; those steps were "
-                        f"skipped and not saved. Lower --config.optimizer.base_lr.")
+                guard.check(summary, last_summary_step, done)
+                last_summary_step = done
                 if writer is not None:
                     writer.write_scalars(done, {f"train/{k}": v for k, v in summary.items()})
                 results["train_loss"] = summary["loss"]
@@ -313,6 +313,7 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
             if manager is not None and (done % checkpoint_every == 0 or at_end):
                 with report.timed("checkpoint"):
                     checkpoint.save(manager, state)
+                guard.saved(done)
     finally:
         if manager is not None:
             manager.wait_until_finished()
