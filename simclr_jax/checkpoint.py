@@ -19,7 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from simclr_jax.errors import UserError
-from simclr_jax.parallel import make_mesh, replicated
+from simclr_jax.parallel import make_mesh, replicated_sharding
 from simclr_jax.state import TrainState
 from simclr_jax.workdir import as_path
 
@@ -135,7 +135,7 @@ def restore_arrays(path: str, step: Optional[int] = None) -> dict:
     mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
     # Restore onto THIS process's devices (replicated), whatever mesh wrote the checkpoint:
     # pretrain on a pod slice, evaluate or export on one GPU or a laptop.
-    target = replicated(make_mesh())
+    target = replicated_sharding(make_mesh())
 
     def restore_step(s):
         abstract = jax.tree.map(

@@ -24,7 +24,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
@@ -58,7 +58,7 @@ def local_rows(x, n: int) -> np.ndarray:
 
 def replicate(mesh: Mesh, tree):
     """Place a pytree (e.g. the train state) replicated on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    return jax.device_put(tree, replicated_sharding(mesh))
 
 
 class DispatchThrottle:

@@ -47,7 +47,7 @@ def make_schedules(config, num_train_examples: int):
                               config.optimizer.lr_scaling)
     schedule = optim.make_lr_schedule(config.get("lr_schedule", "cosine"), peak_lr=peak_lr,
                                       total_steps=total_steps, warmup_steps=warmup_steps,
-                                      boundaries=tuple(config.get("lr_boundaries_epochs", ()) or ()),
+                                      boundaries=tuple(config.get("lr_boundaries_epochs") or ()),
                                       steps_per_epoch=steps_per_epoch)
     return total_steps, warmup_steps, schedule
 
@@ -69,7 +69,7 @@ def create_train_state(config, network, tx, method, mesh, rng) -> TrainState:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                           opt_state=tx.init(params), rng=state_rng, **extras)
 
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    return jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))()
 
 
 # ----------------------------------------------------------------------------- step
@@ -109,10 +109,10 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
 
 def jit_train_step(mesh, **static):
     """The step jitted with explicit shardings: state replicated and donated, batch sharded."""
+    replicated = parallel.replicated_sharding(mesh)
     return jax.jit(functools.partial(train_step, **static),
-                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-                   donate_argnums=0)
+                   in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -220,9 +220,9 @@ def make_feature_fn(network, mesh):
     statistics), jitted over the mesh: (params, batch_stats, images [B, S, S, 3]) -> [B, F]."""
     from simclr_jax import parallel
 
-    @functools.partial(jax.jit, in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh),
-                                              parallel.batch_sharding(mesh)),
-                       out_shardings=parallel.batch_sharding(mesh))
+    replicated, rows = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
+
+    @functools.partial(jax.jit, in_shardings=(replicated, replicated, rows), out_shardings=rows)
     def features(params, batch_stats, images):
         return network.apply({"params": params, "batch_stats": batch_stats}, images,
                              method="encode")

@@ -109,10 +109,10 @@ def _train_step(state: SupervisedState, batch, *, task: Task, tx, lr_schedule):
 
 def make_train_step(mesh, task: Task, tx, lr_schedule):
     """(state, batch) -> (state, metrics): state replicated and donated, batch sharded."""
+    replicated = parallel.replicated_sharding(mesh)
     return jax.jit(functools.partial(_train_step, task=task, tx=tx, lr_schedule=lr_schedule),
-                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                   out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
-                   donate_argnums=0)
+                   in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def _eval_step(state: SupervisedState, batch, *, task: Task):
@@ -136,8 +136,8 @@ def _eval_step(state: SupervisedState, batch, *, task: Task):
 def make_eval_step(mesh, task: Task):
     """(state, batch with "mask") -> replicated int32 counts over the real (unmasked) rows."""
     return jax.jit(functools.partial(_eval_step, task=task),
-                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-                   out_shardings=parallel.replicated(mesh))
+                   in_shardings=(parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)),
+                   out_shardings=parallel.replicated_sharding(mesh))
 
 
 def evaluate(eval_step, state: SupervisedState, batches) -> dict:
