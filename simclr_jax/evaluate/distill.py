@@ -7,7 +7,8 @@ The student (config.model: the same or a smaller backbone, plus a linear head) t
 scratch on the train split, labels not needed, minimising
     alpha * tau^2 * CE(softmax(teacher / tau), student / tau) + (1 - alpha) * CE(labels, student)
 (the tau^2 of the SimCLRv2 distillation colab; SimCLRv2's notation: alpha = 1 is pure
-distillation, the paper's default; the labelled term uses the labels present in the batch, unlabelled examples (-1) are masked out of it).
+distillation, the paper's default; the labelled term uses the labels present in the batch,
+unlabelled examples (-1) are masked out of it).
 The teacher runs in inference mode from `state.frozen["teacher"]` and never changes. Reported:
 the student's top-1/top-5, its agreement with the teacher (fraction of evaluation images with
 the same argmax) and the teacher's own top-1, before ("_init") and after training.
