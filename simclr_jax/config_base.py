@@ -14,7 +14,7 @@ from simclr_jax.errors import UserError
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "pretrain"                    # pretrain | linear_eval | knn | finetune | distill
+    c.mode = "pretrain"                    # pretrain | knn_eval | linear_eval | finetune | distill
     c.method = "simclr"
     c.seed = 0
 

@@ -93,8 +93,7 @@ def _loaded_config():
                         f"--config configs/quickstart.py") from None
 
 
-MODES = {"linear_eval": "linear", "knn": "knn_mode", "finetune": "finetune",
-         "distill": "distill"}
+MODES = ("pretrain", "knn_eval", "linear_eval", "finetune", "distill")
 
 
 def run_mode(config, workdir):
@@ -103,11 +102,11 @@ def run_mode(config, workdir):
 
     from simclr_jax import train
     mode = config.get("mode", "pretrain")
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "pretrain":
         return train.train_and_evaluate(config, workdir)
-    if mode not in MODES:
-        raise UserError(f"unknown mode {mode!r}; valid: pretrain, {', '.join(MODES)}")
-    return importlib.import_module(f"simclr_jax.evaluate.{MODES[mode]}").run(config, workdir)
+    return importlib.import_module(f"simclr_jax.evaluate.{mode}").run(config, workdir)
 
 
 def format_summary(summary: dict) -> str:

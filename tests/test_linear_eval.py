@@ -24,7 +24,7 @@ from tiny_configs import load_config
 from simclr_jax import checkpoint, optim, parallel
 from simclr_jax.errors import NonFiniteLossError
 from simclr_jax.evaluate import classifier as clf
-from simclr_jax.evaluate import knn_mode, linear, supervised
+from simclr_jax.evaluate import knn_eval, linear_eval, supervised
 
 
 def digits_test_split_size() -> int:
@@ -63,7 +63,7 @@ def test_linear_eval_freezes_backbone_and_counts_every_example(pretrained, tmp_p
     config = small(load_config("linear_eval.py", "simclr"), steps=4)
     config.init_from = pre_dir
     config.optimizer.base_lr = 4.0           # x 16/256: a visible step for the linear layer
-    results = linear.run(config, str(tmp_path))
+    results = linear_eval.run(config, str(tmp_path))
 
     pre = checkpoint.restore_arrays(pre_dir)
     after = checkpoint.restore_arrays(str(tmp_path))
@@ -91,7 +91,7 @@ def test_standalone_knn_matches_the_pretraining_evaluator(pretrained, tmp_path):
     config = load_config("knn_eval.py")
     config.init_from = pre_dir
     config.eval.batch_size = 64
-    results = knn_mode.run(config, str(tmp_path))
+    results = knn_eval.run(config, str(tmp_path))
     assert results["knn_top1"] == summary["knn_top1"]
     assert results["knn_top5"] == summary["knn_top5"]
     assert results["num_test_examples"] == digits_test_split_size()
@@ -149,9 +149,9 @@ def test_linear_probe_agrees_with_logistic_regression():
                                          weight_decay=0.0))
     schedule = optim.warmup_cosine_schedule(0.1, steps)
     tx = optim.make_optimizer(opt, schedule)
-    state = linear.create_state(module, {"params": {clf.HEAD: head}, "batch_stats": {}}, tx,
+    state = linear_eval.create_state(module, {"params": {clf.HEAD: head}, "batch_stats": {}}, tx,
                                 rng, mesh)
-    task = linear.linear_task(module)
+    task = linear_eval.linear_task(module)
     _, results = supervised.fit(
         state, train_step=supervised.make_train_step(mesh, task, tx, schedule),
         eval_step=supervised.make_eval_step(mesh, task),
@@ -170,7 +170,7 @@ def test_linear_probe_agrees_with_logistic_regression():
     head = clf.linear_head(10, zero_init=True).init(rng, jnp.zeros((1, x.shape[1])))["params"]
     with pytest.raises(NonFiniteLossError, match="non-finite loss or gradient between steps"):
         supervised.fit(
-            linear.create_state(module, {"params": {clf.HEAD: head}, "batch_stats": {}}, huge,
+            linear_eval.create_state(module, {"params": {clf.HEAD: head}, "batch_stats": {}}, huge,
                                 rng, mesh),
             train_step=supervised.make_train_step(mesh, task, huge, lambda _: 1e38),
             eval_step=supervised.make_eval_step(mesh, task),

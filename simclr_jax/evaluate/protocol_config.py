@@ -63,7 +63,7 @@ def protocol_config(mode: str, *, keep_model: bool = False) -> ml_collections.Co
 def knn_config() -> ml_collections.ConfigDict:
     """Base of the standalone kNN config: no training at all."""
     c = base_config()
-    c.mode = "knn"
+    c.mode = "knn_eval"
     c.init_from = config_dict.placeholder(str)
     c.init_step = config_dict.placeholder(int)
     keep = {"mode", "seed", "dataset", "eval", "init_from", "init_step"}
