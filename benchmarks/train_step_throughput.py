@@ -98,7 +98,7 @@ def main():
     a = p.parse_args()
     print(f"# {platform.node()} | {jax.devices()[0].device_kind} x{jax.device_count()} | "
           f"jax {jax.__version__} | cpus {os.cpu_count()}")
-    print(f"| case | method | model | batch | px | s/step | img/s | img/s/device | TFLOP/s | compile s |")
+    print("| case | method | model | batch | px | s/step | img/s | img/s/device | TFLOP/s | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in a.cases.split(","):
         r = measure(case, a.steps)

@@ -11,10 +11,10 @@ or queue size), not damage: it stops with one line instead of falling back.
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable, Optional
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 

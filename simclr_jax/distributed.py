@@ -13,10 +13,10 @@ the lost task, instead of waiting in a collective forever.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Mapping, Optional
 
+from absl import logging
 import jax
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"

@@ -9,8 +9,9 @@ that step together and no collective save can hang on a process that already lef
 """
 from __future__ import annotations
 
-import logging
 import signal
+
+from absl import logging
 
 from jax._src import distributed as _jax_distributed
 from jax.experimental import multihost_utils

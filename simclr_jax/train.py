@@ -7,9 +7,9 @@ so stopping and resuming reproduces an uninterrupted run exactly.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -16,7 +16,6 @@ processes through `_agree`, so every process stops or goes on together.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import threading
@@ -24,6 +23,7 @@ import time
 import uuid
 from typing import Optional
 
+from absl import logging
 import jax
 import numpy as np
 from etils import epath

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from simclr_jax import parallel
-from simclr_jax.data import aug_presets, augment_tf, embedded, pipeline, sources
+from simclr_jax.data import aug_presets, embedded, pipeline, sources
 
 
 @pytest.fixture(autouse=True)

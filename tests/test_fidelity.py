@@ -1,6 +1,5 @@
 """Presets against the official code's settings, transcribed from the reference sources (see
 FIDELITY.md for where each comes from), and the hooks the MoCo CIFAR-10 colab preset needs."""
-import math
 import os
 import subprocess
 

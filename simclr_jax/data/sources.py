@@ -18,12 +18,12 @@ import dataclasses
 import functools
 import hashlib
 import json
-import logging
 import math
 import os
 import re
 from typing import Callable, Optional
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from etils import epath

@@ -15,8 +15,8 @@ the same argmax) and the teacher's own top-1, before ("_init") and after trainin
 """
 from __future__ import annotations
 
-import logging
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 

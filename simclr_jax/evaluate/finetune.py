@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 from typing import Optional
 
+from absl import logging
 import jax
 import numpy as np
 

@@ -11,8 +11,8 @@ resized crop + flip augmentation; top-1/top-5 are exact over the evaluation spli
 """
 from __future__ import annotations
 
-import logging
 
+from absl import logging
 import jax
 
 from simclr_jax.data import sources

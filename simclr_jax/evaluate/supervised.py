@@ -14,9 +14,9 @@ import copy
 import dataclasses
 import functools
 import json
-import logging
 from typing import Any, Callable, Iterator, Optional
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
