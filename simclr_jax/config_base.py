@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.simclr = ml_collections.ConfigDict()      # SimCLR v2 option
     c.simclr.memory = False                     # momentum encoder + queue of extra negatives
-                                                # (uses moco.queue_size and momentum.*)
+    c.simclr.memory_size = 65536                # keys in that queue (EMA settings: ema.*)
 
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.1
@@ -199,6 +199,6 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.method == "moco":
         c.moco.queue_size = 4 * c.batch_size      # a multiple of 2B too (moco.symmetric)
     if c.method == "simclr" and c.simclr.memory:
-        c.moco.queue_size = 4 * 2 * c.batch_size
+        c.simclr.memory_size = 4 * 2 * c.batch_size
     c.eval.every_steps, c.eval.knn_k = 10, 10
     return c

@@ -22,7 +22,7 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
     if c.method == "moco":
         c.moco.queue_size = 4 * batch_size
     if c.method == "simclr" and c.simclr.memory:
-        c.moco.queue_size = 4 * 2 * batch_size
+        c.simclr.memory_size = 4 * 2 * batch_size
     for v in (c.aug.view1, c.aug.view2):
         v.blur_prob = min(v.blur_prob, 0.5)
     c.eval.every_steps = 1000

@@ -50,9 +50,11 @@ def validate(config, num_train_examples: int) -> None:
                          "--config.moco.shuffle_bn=False for global BN.")
 
 
-def init_extras(config, network, variables, rng) -> dict:
+def init_extras(config, network, variables, rng, queue_size: int | None = None) -> dict:
+    """EMA target + a queue of `queue_size` (default moco.queue_size) random unit keys."""
     dim = config.head.out_dim
-    queue = jax.random.normal(rng, (config.moco.queue_size, dim), jnp.float32)
+    queue_size = config.moco.queue_size if queue_size is None else queue_size
+    queue = jax.random.normal(rng, (queue_size, dim), jnp.float32)
     queue = queue / jnp.linalg.norm(queue, axis=1, keepdims=True)       # [K, D]
     return {**common.init_target(variables), "queue": queue,
             "queue_ptr": jnp.zeros((), jnp.int32), "queue_filled": jnp.zeros((), jnp.int32)}

@@ -34,12 +34,12 @@ def validate(config, num_train_examples: int) -> None:
     if config.loss.temperature <= 0:
         raise UserError(f"loss.temperature must be > 0, got {config.loss.temperature}")
     if uses_memory(config):
-        K, keys = config.moco.queue_size, 2 * config.batch_size
+        K, keys = config.simclr.memory_size, 2 * config.batch_size
         if K <= 0 or K % keys:
-            raise UserError(f"moco.queue_size={K} must be a positive multiple of 2 x batch_size"
+            raise UserError(f"simclr.memory_size={K} must be a positive multiple of 2 x batch_size"
                              f" = {keys} (both views' keys are queued each step).")
         if K > 2 * num_train_examples:
-            raise UserError(f"moco.queue_size={K} exceeds the {2 * num_train_examples} views "
+            raise UserError(f"simclr.memory_size={K} exceeds the {2 * num_train_examples} views "
                              f"of one epoch; the memory would repeat images. Lower it.")
 
 
@@ -47,7 +47,7 @@ def init_extras(config, network, variables, rng) -> dict:
     if not uses_memory(config):
         return {}
     from simclr_jax.methods import moco
-    return moco.init_extras(config, network, variables, rng)
+    return moco.init_extras(config, network, variables, rng, config.simclr.memory_size)
 
 
 def compute_loss(network, config, params, state, batch, rng):
