@@ -279,7 +279,7 @@ def _kill_when(proc, ready, timeout=240):
             proc.kill()
             proc.wait()
             return True
-        time.sleep(0.02)
+        time.sleep(0.005)   # a tiny model's save lasts a fraction of a second
     proc.wait()
     return False
 
@@ -304,7 +304,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(finished
         start, delay = time.time(), rng.uniform(5, 25)
         ready = saving if moment == "during a save" else (lambda: time.time() - start > delay)
         kills.append(_kill_when(proc, ready))
-    assert any(kills)
+    assert kills[0] and sum(kills) >= 2, kills      # the first run is always killed mid-save
     final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
