@@ -24,6 +24,7 @@ import copy
 import io
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -181,20 +182,33 @@ def rate(batches, seconds: float) -> float:
 
 
 def measure(make, seconds: float, windows: int) -> float:
-    """Best of `windows` timing windows after a warm-up (tracing, autotuning, and time for the
-    previous rows' iterators, still alive, to fill their buffers and fall idle; tf.data keeps
-    prefetching in the background, so rows cannot be interleaved). The best window is the one
-    least disturbed by other jobs sharing the machine."""
+    """Best of `windows` timing windows after a warm-up (tracing, autotuning). The best window
+    is the one least disturbed by other jobs sharing the machine."""
     batches = make()
     for _ in range(5):
         jax.block_until_ready(next(batches))
     return max(rate(batches, seconds) for _ in range(windows))
 
 
+def measure_in_subprocess(size: int, label: str, a) -> float:
+    """One row in a fresh process (same CPU affinity): tf.data iterators of earlier rows keep
+    threads, buffers and autotuning alive, which slowed later rows down in one process."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--sizes", str(size), "--seconds",
+           str(a.seconds), "--rounds", str(a.rounds), "--row", label]
+    if a.synthetic:
+        cmd.append("--synthetic")
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("RATE "):
+            return float(line.split()[1])
+    raise RuntimeError(f"row {label!r} failed:\n{out.stderr[-3000:]}")
+
+
 def rows(size: int, encoded: list, profile: bool):
     """(label, batches factory) for one input size."""
     strength = 1.0 if size > 32 else 0.5
-    enc, dec = encoded_source(encoded, (None, None, 3)), decoded_source(encoded)
+    enc = encoded_source(encoded, (None, None, 3)) if encoded else None
+    dec = decoded_source(encoded) if encoded else None
     out = [("official SimCLR tf2 recipe (tf.data)",
             lambda: reference_batches(encoded, size, strength)),
            ("simclr_jax, files in memory (encoded)",
@@ -225,36 +239,45 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="windows per row (best is kept)")
     p.add_argument("--profile", action="store_true", help="add per-op ablation rows")
     p.add_argument("--only", default="", help="comma-separated substrings of row labels")
+    p.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: one row, in-process
     p.add_argument("--synthetic", action="store_true",
                    help="synthetic JPEGs instead of the CIFAR-10 folder (automatic without it)")
     a = p.parse_args()
+    synthetic = a.synthetic or not os.path.isdir(CIFAR_DIR)
+    a.synthetic = synthetic
+    if a.row:  # child process: measure one row and exit without teardown (see below)
+        size = int(a.sizes)
+        label, make = next((lb, m) for lb, m in rows(size, inputs(size, synthetic), True)
+                           if lb == a.row)
+        print(f"RATE {measure(make, a.seconds, a.rounds)}", flush=True)
+        # Skip interpreter teardown: destroying a live tf.data iterator can hang at exit
+        # (issue 12 item 0, fixed in the pipeline separately); the rate is printed.
+        os._exit(0)
     cpus = len(os.sched_getaffinity(0))
     print(f"# {platform.node()} | {cpus} core(s) usable | tf {tf.__version__} | "
-          f"batch {BATCH} | best of {a.rounds} {a.seconds:g}-s windows per row")
-    synthetic = a.synthetic or not os.path.isdir(CIFAR_DIR)
-    cifar = [] if synthetic else cifar_files(CIFAR_DIR, 2000)
+          f"batch {BATCH} | best of {a.rounds} {a.seconds:g}-s windows per row, one process "
+          f"per row")
     print("| input | pipeline | images/s | vs reference |")
     print("|---|---|---|---|")
     for size in [int(s) for s in a.sizes.split(",")]:
-        if synthetic:
-            encoded = synthetic_jpegs(300) if size > 32 else synthetic_jpegs(2000, (32, 32))
-        else:
-            encoded = large_jpegs(cifar) if size > 32 else read_bytes(cifar)
         kind = "synthetic" if synthetic else "CIFAR-10"
         desc = (f"{size} px from 500x375 {kind} JPEGs (300)" if size > 32
                 else f"{size} px {kind} JPEGs")
-        chosen = [(label, make) for label, make in rows(size, encoded, a.profile)
+        labels = [label for label, _ in rows(size, [], a.profile)
                   if not a.only or label.startswith("official")
                   or any(s in label for s in a.only.split(","))]
         ref = None
-        for label, make in chosen:
-            r = measure(make, a.seconds, a.rounds)
+        for label in labels:
+            r = measure_in_subprocess(size, label, a)
             ref = ref or r
             print(f"| {desc} | {label} | {r:.0f} | {r / ref:.2f}x |", flush=True)
-    # Skip interpreter teardown: destroying live tf.data iterators can hang at exit (issue 12
-    # item 0, fixed in the pipeline separately); the table is printed.
-    sys.stdout.flush()
-    os._exit(0)
+
+
+def inputs(size: int, synthetic: bool) -> list:
+    if synthetic:
+        return synthetic_jpegs(300) if size > 32 else synthetic_jpegs(2000, (32, 32))
+    cifar = cifar_files(CIFAR_DIR, 2000)
+    return large_jpegs(cifar) if size > 32 else read_bytes(cifar)
 
 if __name__ == "__main__":
     main()

@@ -100,8 +100,9 @@ def test_bf16_with_on_device_augmentation_still_learns(tmp_path):
     config.aug.on_device = True
     config.model.depth = 10                 # ResNet-10 (one block per stage): cheap to compile
     config.dataset.image_size = 16
+    config.model.width = 0.125
     config.num_steps = 20
-    config.batch_size = 64
+    config.batch_size = 32
     config.warmup_epochs = 1.0
     config.eval.every_steps = 1000
     config.eval.knn_at_init = True

@@ -2,8 +2,9 @@
 
 With `config.aug.on_device` the host ships uint8 views that are only decoded, cropped, resized
 and flipped (`augment_tf.augment_view(..., host_only=True)`); `augment_batch` finishes them inside
-the jitted train step. Why: at 224 px the colour ops are most of the host's work, and a host core
-feeds ~3x more images without them (BENCHMARKS.md); BYOL-JAX did the same for Cloud TPU hosts.
+the jitted train step. Why: the colour ops are a large part of the host's per-view work (profile
+in BENCHMARKS.md) and cost an accelerator almost nothing; uint8 views are 4x less host-to-device
+traffic. BYOL-JAX did the same because Cloud TPU hosts were its bottleneck.
 
 Same policy and formulas as `augment_tf` (each op is tested against its TF counterpart), but:
 - Randomness: the key of view v of global row i at step k is fold_in(seed, k, v, i): a pure
