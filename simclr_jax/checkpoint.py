@@ -32,11 +32,10 @@ def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, *, wait: bool = False) -> None:
+def save(manager: ocp.CheckpointManager, state: TrainState) -> None:
+    """Start an asynchronous save of `state` at its step (the loop waits once, at its end)."""
     step = int(jax.device_get(state.step))
     manager.save(step, args=ocp.args.StandardSave(state.to_dict()))
-    if wait:
-        manager.wait_until_finished()
 
 
 def _is_leaf_metadata(m) -> bool:

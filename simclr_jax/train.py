@@ -260,9 +260,6 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     last_log_time, last_log_step = time.time(), start_step
     paused = 0.0     # seconds spent in kNN evaluations and checkpoints since the last log
 
-    def save(wait=False):
-        checkpoint.save(manager, state, wait=wait)
-
     try:
         for step in range(start_step, total_steps):
             batch = next(batches)
@@ -303,7 +300,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             if done % config.checkpoint_every_steps == 0 or at_end or stopping:
                 t0 = time.time()
                 with report.timed("checkpoint"):
-                    save()
+                    checkpoint.save(manager, state)
                 paused += time.time() - t0
                 guard.saved(done)
             if stopping:
