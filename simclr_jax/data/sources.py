@@ -76,10 +76,6 @@ class Source:
     def random_access(self) -> bool:
         return self.storage != "stream"
 
-    def gather(self, indices: np.ndarray):
-        """Records and labels at `indices` (numpy; random-access storages only)."""
-        return self.images[indices], self.labels[indices]
-
     def read(self, record):
         """A record (as the pipeline sees it) -> uint8 [H, W, 3]."""
         if self.storage == "array":
@@ -91,19 +87,6 @@ class Source:
     def encoded(self, record):
         """A record -> encoded bytes (storages "encoded", "file" and "stream")."""
         return tf.io.read_file(record) if self.storage == "file" else record
-
-    def dataset(self, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-        """This process's share (every example exactly once over all processes), in a fixed
-        order, as {"image": uint8 [H, W, 3], "label": int32}."""
-        if not self.random_access:
-            ds = self.stream(process_index, process_count, None)
-            return ds.map(lambda ex: {"image": augment_tf.decode(ex["image"]),
-                                      "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
-        idx = np.arange(self.num_examples)[process_index::process_count]
-        images, labels = self.gather(idx)
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        return ds.map(lambda r, y: {"image": self.read(r), "label": y},
-                      num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------- entry point
