@@ -364,7 +364,7 @@ def test_pretrain_streamed_source_resumes_across_epochs(tiny_tfds, mesh):
 
 def test_pretrain_batch_errors(mesh):
     aug = aug_presets.two_views(plain_view(), plain_view())
-    with pytest.raises(ValueError, match=r"8 devices.*e\.g\. 8 or 16"):
+    with pytest.raises(ValueError, match=r"8 devices.*e\.g\. --config\.batch_size=8 or 16"):
         pipeline.pretrain_batches(toy_source(64), aug, global_batch_size=12, image_size=4,
                                   seed=0, mesh=mesh)
     with pytest.raises(ValueError, match="8 examples, fewer than one global batch"):
