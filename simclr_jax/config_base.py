@@ -113,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.log_images = True
+    c.profile_first_step = 0               # > 0: a profiler trace (TensorBoard's Profile tab)
+    c.profile_num_steps = 5                # of this many steps from that step on (process 0)
 
     c.guard = ml_collections.ConfigDict()  # divergence guard (simclr_jax/guard.py)
     c.guard.max_ratio = 10.0               # stop before saving if the interval's loss or param

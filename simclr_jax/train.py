@@ -254,6 +254,12 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     evaluator = make_knn_evaluator(config, mesh, network)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
+    hooks = [report]
+    if is_chief and config.get("profile_first_step", 0) > 0:
+        hooks.append(periodic_actions.Profile(
+            logdir=str(workdir), first_profile=config.profile_first_step,
+            num_profile_steps=config.profile_num_steps, profile_duration_ms=None,
+            every_secs=None))
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
@@ -268,7 +274,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
                     (batch["view1"], batch["view2"]), config.aug.view1.normalize)})
             state, metrics = step_fn(state, batch)
             history.append(throttle(metrics))
-            report(step + 1)
+            for hook in hooks:
+                hook(step + 1)
             done = step + 1
             at_end = done == total_steps
             if stop_after_steps is not None and done - start_step >= stop_after_steps:

@@ -26,8 +26,11 @@ def assert_trees_equal(a, b, rtol=1e-6, atol=1e-7):
 @pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10")])  # queue + EMA + shuffle BN
 def test_resume_reaches_the_same_state(tmp_path, file, preset):
     config = tiny(file, preset, batch_size=16, image_size=16, steps=4)
+    config.profile_first_step, config.profile_num_steps = 1, 1   # profiling changes nothing
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
     assert straight["step"] == 4
+    traces = list((tmp_path / "straight" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert traces, "no profiler trace for TensorBoard's Profile tab"
     first = train.train_and_evaluate(config, str(tmp_path / "resumed"), stop_after_steps=2)
     assert first["step"] == 2
     assert latest_arrays(tmp_path / "resumed")["step"] == 2

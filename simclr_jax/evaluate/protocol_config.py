@@ -17,7 +17,8 @@ from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
 
 PRETRAINING_ONLY = ("method", "head", "predictor", "ema", "moco", "loss", "probe",
-                    "log_images", "guard", "allow_config_change")
+                    "log_images", "guard", "allow_config_change", "profile_first_step",
+                    "profile_num_steps")
 
 
 def dataset_fields() -> ml_collections.ConfigDict:
