@@ -146,10 +146,15 @@ def read_json(workdir, name):
         return json.load(f)
 
 
-def assert_close_metrics(got: dict, want: dict, keys):
+def assert_close_metrics(got: dict, want: dict, keys, num_examples: int | None = None):
+    """Losses within LOSS_RTOL; accuracies (with `num_examples`) may differ by one example: a
+    near-tied neighbour or logit can flip under a different float reduction order."""
     for k in keys:
         assert k in got and k in want, (k, got, want)
-        np.testing.assert_allclose(got[k], want[k], rtol=LOSS_RTOL, err_msg=k)
+        if num_examples:
+            assert abs(got[k] - want[k]) <= 1.0 / num_examples + 1e-9, (k, got[k], want[k])
+        else:
+            np.testing.assert_allclose(got[k], want[k], rtol=LOSS_RTOL, err_msg=k)
 
 
 def assert_close_trees(a, b):
@@ -219,12 +224,13 @@ def test_evaluation_protocols_two_processes_equal_one(simclr_runs):
     two, one = simclr_runs
     got, want = (read_json(d / "knn", "knn_eval.json") for d in (two, one))
     assert got["num_bank_examples"] == want["num_bank_examples"] > 0
-    assert_close_metrics(got, want, ["knn_top1", "knn_top5"])
+    assert_close_metrics(got, want, ["knn_top1", "knn_top5"], got["num_test_examples"])
     for mode, results in (("linear", "linear_eval.json"), ("finetune", "finetune.json"),
                           ("distill", "distill.json")):
         got, want = (read_json(d / mode, results) for d in (two, one))
         assert got["num_eval_examples"] == want["num_eval_examples"] > 0
-        assert_close_metrics(got, want, ["top1", "train_loss"])
+        assert_close_metrics(got, want, ["train_loss"])
+        assert_close_metrics(got, want, ["top1"], got["num_eval_examples"])
         assert_close_trees(final_arrays(two / mode), final_arrays(one / mode))
 
 
@@ -291,13 +297,14 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_resume_is_exact(
     run.procs[1].send_signal(signal.SIGTERM)
     codes = run.wait()
     assert codes == [3, 3], (codes, run.log(0)[-3000:], run.log(1)[-3000:])
-    stopped = read_json(workdir, "final_metrics.json")["step"]
-    assert 0 < stopped < 3
+    # final_metrics.json belongs to finished runs only: the one checkpoint names the step.
+    assert not (workdir / "final_metrics.json").exists()
+    steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+    assert len(steps) == 1 and 0 < steps[0] < 3, steps
+    stopped = steps[0]
     assert (f"stopped at step {stopped} of 3; checkpoint saved; re-run the same command to "
             f"resume") in run.log(0)
     assert "finished" not in run.log(0)
-    steps = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
-    assert steps == [stopped]
     run_reference([("quickstart.py", str(workdir), {"dataset.knn_train_split": ""})], tmp_path)
     assert read_json(workdir, "final_metrics.json")["step"] == 3
     assert_close_trees(final_arrays(workdir), final_arrays(two / "pretrain"))
