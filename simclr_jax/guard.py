@@ -5,7 +5,10 @@ at every metrics summary (each log and checkpoint step) the mean loss and the me
 norm of the steps since the previous summary must be finite and at most k times the median of
 the values accepted so far in this invocation. The parameter-norm history starts with the norm
 of the state the invocation started from (the restored checkpoint or the initialisation), so an
-explosion in the first interval is caught too. A summary that breaks the rule stops the run
+explosion in the first interval is caught too. The loss is judged only once MIN_LOSS_HISTORY
+summaries are accepted: early contrastive losses legitimately move by large factors (a MoCo queue
+of random vectors that fills with real keys raises the loss from about ln(1 + K e^(-1/t)) to
+ln(K + 1): ~30x for a 16-key test queue at t = 0.2), and one early value is no median. A summary that breaks the rule stops the run
 before the next save: a diverging run never writes, so never rotates out, a good checkpoint.
 k <= 0 turns the ratio rule off (the finiteness check stays).
 """
@@ -19,6 +22,7 @@ import numpy as np
 from simclr_jax.errors import DivergedError, NonFiniteLossError
 
 WATCHED = ("loss", "param_norm")
+MIN_LOSS_HISTORY = 3
 
 
 @dataclasses.dataclass
@@ -56,6 +60,8 @@ class DivergenceGuard:
         for key in WATCHED:
             history, value = self.accepted[key], summary.get(key)
             if value is None:
+                continue
+            if key == "loss" and len(history) < MIN_LOSS_HISTORY:
                 continue
             median = float(np.median(history)) if history else 0.0
             if self.max_ratio > 0 and median > 0 and value > self.max_ratio * median:

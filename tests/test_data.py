@@ -333,6 +333,36 @@ def test_pretrain_epochs_are_permutations_and_rows_match_labels(mesh):
         np.testing.assert_allclose(b["view2"][:, 0, 0, 0], b["label"] / 255.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("on_device", [False, True])
+def test_encoded_records_give_the_views_of_their_decoded_pixels(mesh, fmt, on_device):
+    """Each image is decoded once for all its views: a source of encoded files gives exactly
+    the batches of a source holding the decoder's pixels, whatever the views' policies."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:20, 0:24]
+    pixels = [np.clip(np.stack([yy * 9, xx * 7, (yy + xx) * 4], -1) + rng.integers(0, 40, 3),
+                      0, 255).astype(np.uint8) for _ in range(32)]
+    encoded = []
+    for p in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(p).save(buf, format=fmt)
+        encoded.append(buf.getvalue())
+    decoded = np.stack([augment_tf.decode(tf.constant(e)).numpy() for e in encoded])
+    common = dict(name="toy", split="train", num_examples=32, num_classes=32,
+                  labels=np.arange(32, dtype=np.int32))
+    enc_src = sources.Source(image_shape=(None, None, 3), storage="encoded",
+                             images=np.array(encoded, dtype=object), **common)
+    dec_src = sources.Source(image_shape=(20, 24, 3), storage="array", images=decoded, **common)
+    aug = aug_presets.two_views(aug_presets.simclr(), aug_presets.byol_view2(),
+                                on_device=on_device)
+    run = lambda src: to_np(next(pipeline.pretrain_batches(
+        src, aug, global_batch_size=16, image_size=12, seed=4, start_step=3, mesh=mesh)))
+    a, b = run(enc_src), run(dec_src)
+    for k in ("view1", "view2", "label"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not np.array_equal(a["view1"], a["view2"])
+
+
 def test_pretrain_three_views(mesh):
     aug = aug_presets.two_views(plain_view(), plain_view())
     with pytest.raises(ValueError, match="view3"):

@@ -6,7 +6,6 @@
 - The pipeline's iterators are destroyed at interpreter exit without hanging, even on one core
   (a tf.numpy_function gather hung there in 4 of 6 runs pinned with `taskset -c 0`).
 """
-import functools
 import os
 import shutil
 import subprocess
@@ -26,11 +25,9 @@ def process_rows(source, pc: int, pi: int, start_step: int, steps: int) -> list:
     """Process pi of pc's local batches of steps start_step.. (what pretrain_batches feeds to
     parallel.to_global on that process)."""
     aug = aug_presets.two_views(aug_presets.simclr(), aug_presets.byol_view2())
-    make = pipeline._view_fn(source, [aug.view1, aug.view2], SIZE, SEED)
-    local = BATCH // pc
-    to_global = functools.partial(pipeline._global_index, local_batch=local, global_batch=BATCH,
-                                  process_index=pi)
-    batches = pipeline._random_access_pretrain(source, make, local, SEED, start_step, to_global)
+    batches = pipeline.local_pretrain_batches(source, aug, global_batch_size=BATCH,
+                                              image_size=SIZE, seed=SEED, start_step=start_step,
+                                              process_index=pi, process_count=pc)
     return [next(batches) for _ in range(steps)]
 
 

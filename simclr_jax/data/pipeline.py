@@ -2,9 +2,14 @@
 
 Topology independence: the global batch of step k is a function of (seed, k) alone. Element g
 of the GLOBAL stream (g = k * global_batch + row) is example `index_shuffle(g % n)` of the
-permutation of ALL n examples keyed by (seed, g // n), augmented with stateless seeds folded from
-(seed, g, view). Process p of P materialises only its rows [p * B/P, (p + 1) * B/P) of each
-global batch, so 2 processes x 2 devices, 1 x 4 and 1 x 1 see the same images in the same order.
+permutation of ALL n examples keyed by (seed, g // n), augmented with row `row` of the step's
+draws (one stateless op per step draws every view's uniforms for the whole global batch).
+Process p of P materialises only its rows [p * B/P, (p + 1) * B/P) of each global batch, so
+2 processes x 2 devices, 1 x 4 and 1 x 1 see the same images in the same order.
+
+Per core speed (BENCHMARKS.md): per-example work is only what must be per example (decode once
+for all views, crop, resize, flip, and the colour ops on the host path); the random numbers and
+the epoch permutation are computed once per batch.
 Starting at `start_step` starts the counter there: no record is read, decoded or augmented for
 the skipped steps, so a resumed run (on any topology) sees exactly the batches of an
 uninterrupted one.
@@ -57,36 +62,32 @@ def _device_prefetch(batches, mesh, size: int = 2) -> Iterator[dict]:
         yield queue.popleft()
 
 
-def _element_seed(seed: int, g, view: int):
-    """Stateless [2] seed for view `view` of element g of the global stream."""
-    s = tf.constant([seed, 0], tf.int64)
-    s = tf.random.experimental.stateless_fold_in(s, tf.cast(g, tf.int64))
-    return tf.random.experimental.stateless_fold_in(s, view)
-
-
 def _global_index(j, local_batch: int, global_batch: int, process_index: int):
     """This process's j-th element -> its index in the global stream: row
     process_index * local_batch + j % local_batch of global batch j // local_batch."""
     return j // local_batch * global_batch + process_index * local_batch + j % local_batch
 
 
-def _view_fn(source: sources.Source, view_cfgs, image_size: int, seed: int,
-             host_only: bool = False):
-    """(g, record, label) -> {"view1": ..., "label": ...}: decode + augment global element g
-    (`host_only`: decode, crop, resize, flip to uint8; augment_jax does the rest on device)."""
-    use_bytes = source.storage != "array"
+def _draws(seed: int, g, global_batch: int, num_views: int):
+    """The augmentation draws of global elements g (int64 [b], all of one step): float32
+    [b, num_views, NUM_DRAWS]. One stateless op draws the whole global batch of the step and
+    each element takes its row, so a view depends on (seed, step, row) only."""
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64),
+                                                   g[0] // global_batch)
+    table = tf.random.stateless_uniform([global_batch, num_views, augment_tf.NUM_DRAWS], key)
+    return tf.gather(table, g % global_batch)
 
-    def make(i, record, label):
-        out = {"label": label}
-        if use_bytes:
-            encoded = source.encoded(record)
-        for k, cfg in enumerate(view_cfgs):
-            s = _element_seed(seed, i, k)
-            if use_bytes:  # JPEGs: decode only the crop window
-                view = augment_tf.augment_encoded(encoded, cfg, image_size, s, host_only)
-            else:
-                view = augment_tf.augment_view(record, cfg, image_size, s, host_only)
-            out[f"view{k + 1}"] = view
+
+def _example_fn(source: sources.Source, view_cfgs, image_size: int, host_only: bool):
+    """(record, label, draws [V, NUM_DRAWS]) -> {"view1": ..., "label": ...}: decode the
+    record once, then crop, resize and flip each view, and apply its colour ops unless
+    `host_only` (then the views are uint8 and augment_jax finishes them on the device)."""
+    @tf.autograph.experimental.do_not_convert  # plain graph code (tf.cond where needed)
+    def make(record, label, draws):
+        views = augment_tf.augment_views(source.read(record), view_cfgs, image_size, draws,
+                                         host_only)
+        out = {f"view{k + 1}": view for k, view in enumerate(views)}
+        out["label"] = label
         return out
 
     return make
@@ -138,54 +139,68 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
     With aug_cfg.on_device the views are uint8, only cropped, resized and flipped: the train
     step finishes them with `augment_jax.augment_batch`."""
     parallel.check_batch_divisible(global_batch_size, mesh)
+    batches = local_pretrain_batches(
+        source, aug_cfg, global_batch_size=global_batch_size, image_size=image_size, seed=seed,
+        start_step=start_step, num_views=num_views, process_index=jax.process_index(),
+        process_count=jax.process_count(), shuffle_buffer=shuffle_buffer)
+    return _device_prefetch(batches, mesh)
+
+
+def local_pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
+                           image_size: int, seed: int, start_step: int = 0, num_views: int = 2,
+                           process_index: int = 0, process_count: int = 1,
+                           shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> Iterator[dict]:
+    """Process `process_index` of `process_count`'s rows of every global batch, as numpy."""
     if source.num_examples < global_batch_size:
         raise UserError(f"{source.name}:{source.split} has {source.num_examples} examples, "
                         f"fewer than one global batch of {global_batch_size}; lower the batch "
                         f"size.")
     view_cfgs = _view_configs(aug_cfg, num_views)
-    pi, pc = jax.process_index(), jax.process_count()
+    pi, pc = process_index, process_count
     local_batch = global_batch_size // pc
     to_global = functools.partial(_global_index, local_batch=local_batch,
                                   global_batch=global_batch_size, process_index=pi)
-    make = _view_fn(source, view_cfgs, image_size, seed, bool(aug_cfg.get("on_device")))
+    draws = functools.partial(_draws, seed, global_batch=global_batch_size,
+                              num_views=num_views)
+    make = _example_fn(source, view_cfgs, image_size, bool(aug_cfg.get("on_device")))
     if source.random_access:
-        batches = _random_access_pretrain(source, make, local_batch, seed, int(start_step),
-                                          to_global)
-    else:
-        batches = _streamed_pretrain(source, make, local_batch, seed,
-                                     int(start_step) * local_batch, pi, pc, to_global,
-                                     shuffle_buffer)
-    return _device_prefetch(batches, mesh)
+        return _random_access_pretrain(source, make, draws, local_batch, seed, int(start_step),
+                                       to_global)
+    return _streamed_pretrain(source, make, draws, local_batch, seed,
+                              int(start_step) * local_batch, pi, pc, to_global, shuffle_buffer)
 
 
-def _random_access_pretrain(source, make, local_batch, seed, start_step, to_global):
+def _augmented(ds, make, local_batch: int):
+    """Batches of (records, labels, draws) -> per-example views (parallel) -> numpy batches."""
+    ds = ds.unbatch().map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(_options()).as_numpy_iterator()
+
+
+def _random_access_pretrain(source, make, draws, local_batch, seed, start_step, to_global):
     """Global element g = example index_shuffle(g % n) of epoch g // n's permutation of all n
     examples (batches may straddle two epochs); this process reads only its own rows."""
     n = source.num_examples
     records = _records(source)
     epoch_key = tf.constant([seed, 0], tf.int64)
 
-    def locate(j):  # local counter -> (global index, example index)
-        g = to_global(j)
-        key = tf.random.experimental.stateless_fold_in(epoch_key, g // n)
-        return g, tf.random.experimental.index_shuffle(g % n, key, n - 1)
+    def plan(step):  # -> this process's (records, labels, draws) of global batch `step`
+        g = to_global(step * local_batch + tf.range(local_batch, dtype=tf.int64))   # [b]
+        epoch = g // n        # a global batch holds at most n examples: two epochs at most
+        shuffled = [tf.random.experimental.index_shuffle(
+            g % n, tf.random.experimental.stateless_fold_in(epoch_key, epoch[0] + i), n - 1)
+            for i in (0, 1)]
+        recs, labels = records.gather(tf.where(epoch == epoch[0], *shuffled))
+        return recs, labels, draws(g)
 
-    def gather_batch(g, pos):
-        recs, labels = records.gather(pos)
-        return g, recs, labels
-
-    ds = tf.data.Dataset.range(start_step * local_batch, _NO_END).map(locate).batch(local_batch)
-    ds = ds.map(gather_batch).unbatch()
-    ds = ds.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(_options()).as_numpy_iterator()
+    return _augmented(tf.data.Dataset.range(start_step, _NO_END).map(plan), make, local_batch)
 
 
 def _epoch_seed(seed: int, epoch: int, process_index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, process_index]).generate_state(1)[0])
 
 
-def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, to_global,
+def _streamed_pretrain(source, make, draws, local_batch, seed, start, pi, pc, to_global,
                        shuffle_buffer):
     """One tf.data pipeline per epoch, files and records shuffled with the epoch's seed.
 
@@ -200,7 +215,7 @@ def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, to_global
         raise UserError(f"each of the {pc} processes holds {n_local} examples, fewer than its "
                          f"local batch of {local_batch}; lower the batch size.")
     epoch0, offset = divmod(start, n_eff)
-    make = tf.function(make)  # traced once, reused by every epoch's pipeline
+    make = tf.function(make, autograph=False)  # traced once, reused by every epoch
     for epoch in itertools.count(epoch0):
         eseed = _epoch_seed(seed, epoch, pi)
         ds = source.stream(pi, pc, eseed).take(n_local)
@@ -208,10 +223,9 @@ def _streamed_pretrain(source, make, local_batch, seed, start, pi, pc, to_global
         ds = ds.take(n_eff).enumerate(start=epoch * n_eff)
         if epoch == epoch0 and offset:
             ds = ds.skip(offset)  # raw records only: nothing decoded or augmented
-        ds = ds.map(lambda j, ex: make(to_global(j), ex["image"], ex["label"]),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        yield from ds.with_options(_options()).as_numpy_iterator()
+        ds = ds.batch(local_batch, drop_remainder=True).map(
+            lambda j, ex: (ex["image"], ex["label"], draws(to_global(j))))
+        yield from _augmented(ds, make, local_batch)
 
 
 def eval_batches(source: sources.Source, *, global_batch_size: int, image_size: int, mesh,

@@ -84,10 +84,6 @@ class Source:
             record = tf.io.read_file(record)
         return augment_tf.decode(record)
 
-    def encoded(self, record):
-        """A record -> encoded bytes (storages "encoded", "file" and "stream")."""
-        return tf.io.read_file(record) if self.storage == "file" else record
-
 
 # ----------------------------------------------------------------------------- entry point
 
