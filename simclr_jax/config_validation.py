@@ -1,6 +1,7 @@
 """Checks of a config before any work starts: impossible settings fail with a fix, not a trace."""
 from __future__ import annotations
 
+from simclr_jax.data import aug_presets
 from simclr_jax.errors import UserError
 
 
@@ -26,3 +27,6 @@ def validate_config(config) -> None:
             _fail(f"model.bn_group_size={group} must divide batch_size={config.batch_size}.")
     if config.dataset.image_size < 8:
         _fail(f"dataset.image_size={config.dataset.image_size} is too small (min 8).")
+    aug = config.get("aug") or {}
+    for name in sorted(k for k in aug.keys() if k.startswith("view")):
+        aug_presets.check_view(name, aug[name])

@@ -106,3 +106,21 @@ def test_unknown_preset_is_one_clear_error():
         load_config_file(f"{ROOT}/configs/byol.py", "cifar100,runlocal")
     with pytest.raises(UserError, match="for quickstart.py; valid: none"):
         load_config_file(f"{ROOT}/configs/quickstart.py", "cifar10")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("view2.brightness_mode", "additve", "aug.view2.brightness_mode='additve': use"),
+    ("view1.resize_method", "cubic", "aug.view1.resize_method='cubic': use one of bicubic"),
+    ("view1.normalize", "cifar100", "aug.view1.normalize='cifar100'; use one of"),
+    ("view1.blur_prob", 1.5, r"aug.view1.blur_prob=1.5 is a probability"),
+    ("view2.crop_area_min", 0.0, r"aug.view2.crop_area_min/max=\(0.0, 1.0\)"),
+    ("view1.hue", 0.7, r"aug.view1.hue=0.7: give a value in \[0, 0.5\]"),
+])
+def test_bad_augmentation_override_is_one_line_before_any_work(key, value, message):
+    """A typo given as --config.aug.<view>.<field>=... used to fail inside the TF graph build."""
+    from simclr_jax.errors import UserError
+    config = tiny("byol.py", "cifar10", batch_size=8, image_size=16)
+    view, field = key.split(".")
+    config.aug[view][field] = value
+    with pytest.raises(UserError, match=message):
+        validate_config(config)

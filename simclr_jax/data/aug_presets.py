@@ -22,11 +22,7 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
          blur_prob: float = 0.0, blur_sigma_min: float = 0.1, blur_sigma_max: float = 2.0,
          solarize_prob: float = 0.0, normalize: str = "none") -> ml_collections.ConfigDict:
     """One view's policy with every field spelled out (floats stay floats for type checks)."""
-    normalization.mean_std(normalize)  # an unknown name is one clear error
-    if brightness_mode not in ("multiplicative", "additive"):
-        raise UserError(f"brightness_mode={brightness_mode!r}: use 'multiplicative' (SimCLR: "
-                        f"x * U[1-s, 1+s]) or 'additive' (BYOL: x + U[-s, s]).")
-    return ml_collections.ConfigDict(dict(
+    cfg = ml_collections.ConfigDict(dict(
         crop_area_min=float(crop_area_min), crop_area_max=float(crop_area_max),
         crop_aspect_min=float(crop_aspect_min), crop_aspect_max=float(crop_aspect_max),
         resize_method=str(resize_method), antialias=bool(antialias), flip_prob=float(flip_prob),
@@ -36,6 +32,46 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
         grayscale_first=bool(grayscale_first), blur_prob=float(blur_prob),
         blur_sigma_min=float(blur_sigma_min), blur_sigma_max=float(blur_sigma_max),
         solarize_prob=float(solarize_prob), normalize=str(normalize)))
+    check_view("view", cfg)
+    return cfg
+
+
+RESIZE_METHODS = ("bicubic", "bilinear", "nearest", "area", "lanczos3")
+PROBABILITIES = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
+
+
+def check_view(name: str, view) -> None:
+    """One clear line for the first impossible setting of one view's policy (`aug.<name>`),
+    before any work starts: a bad command-line override must not fail inside a TF graph."""
+    def fail(msg: str):
+        raise UserError(f"aug.{name}.{msg}")
+
+    if view.brightness_mode not in ("multiplicative", "additive"):
+        fail(f"brightness_mode={view.brightness_mode!r}: use 'multiplicative' (SimCLR: "
+             f"x * U[1-s, 1+s]) or 'additive' (BYOL: x + U[-s, s]).")
+    if view.resize_method not in RESIZE_METHODS:
+        fail(f"resize_method={view.resize_method!r}: use one of {', '.join(RESIZE_METHODS)}.")
+    try:
+        normalization.mean_std(view.normalize)
+    except UserError as e:
+        fail(str(e))
+    for key in PROBABILITIES:
+        if not 0.0 <= view[key] <= 1.0:
+            fail(f"{key}={view[key]} is a probability: give a value in [0, 1].")
+    if not 0.0 < view.crop_area_min <= view.crop_area_max <= 1.0:
+        fail(f"crop_area_min/max=({view.crop_area_min}, {view.crop_area_max}): need "
+             f"0 < min <= max <= 1 (fractions of the image area).")
+    if not 0.0 < view.crop_aspect_min <= view.crop_aspect_max:
+        fail(f"crop_aspect_min/max=({view.crop_aspect_min}, {view.crop_aspect_max}): need "
+             f"0 < min <= max.")
+    for key in ("brightness", "contrast", "saturation"):
+        if view[key] < 0.0:
+            fail(f"{key}={view[key]}: strengths are >= 0 (0 turns the op off).")
+    if not 0.0 <= view.hue <= 0.5:
+        fail(f"hue={view.hue}: give a value in [0, 0.5] (a hue shift is mod 1).")
+    if not 0.0 < view.blur_sigma_min <= view.blur_sigma_max:
+        fail(f"blur_sigma_min/max=({view.blur_sigma_min}, {view.blur_sigma_max}): need "
+             f"0 < min <= max.")
 
 
 def simclr(strength: float = 1.0, blur_prob: float = 0.5,
