@@ -102,7 +102,8 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
                "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
                "nonfinite": 1.0 - finite.astype(jnp.float32)}
     if state.target_params is not None:
-        metrics["ema_momentum"] = optim.ema_momentum(state.step, total_steps,
+        k = state.step + 1 if getattr(method, "EMA_OF_NEXT_STEP", False) else state.step
+        metrics["ema_momentum"] = optim.ema_momentum(k, total_steps,  # the m that was applied
                                                      config.ema.base, config.ema.schedule)
     return new_state, metrics
 

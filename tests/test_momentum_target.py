@@ -51,9 +51,10 @@ def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset, momentum_st
     old_target = jax.device_get(state.target_params)
     step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
                                 lr_schedule=schedule, total_steps=total)
-    new, _ = step(state, batch)
+    new, metrics = step(state, batch)
     new = jax.device_get(new)
     m = reference_momentum(config, momentum_step, total)
+    assert float(metrics["ema_momentum"]) == pytest.approx(m, abs=1e-7)  # the m it applied
     online = common.target_subtree(new.params)
     # Hand computation, leaf by leaf in float64, then compared at float32 precision.
     flat_old, tree = jax.tree.flatten(old_target)

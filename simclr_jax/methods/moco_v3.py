@@ -55,5 +55,8 @@ def compute_loss(network, config, params, state, batch, rng):
     return loss + p1 + p2, (stats, {"target_batch_stats": target_stats}, metrics)
 
 
+EMA_OF_NEXT_STEP = True  # the key encoder moves with m_{k+1} (common.ema_update)
+
+
 def after_update(network, config, state, total_steps):
-    return common.ema_update(config, state, total_steps, momentum_of_next_step=True)
+    return common.ema_update(config, state, total_steps, momentum_of_next_step=EMA_OF_NEXT_STEP)
