@@ -19,8 +19,6 @@ import copy
 import dataclasses
 from typing import Optional
 
-from absl import logging
-import jax
 import numpy as np
 
 from simclr_jax.data import sources
@@ -99,26 +97,13 @@ def run(config, workdir: str) -> dict:
                         extra={"protocol": "finetune", "init_from": config.init_from,
                                "dataset": ds.to_dict(),
                                "pretrain_dataset": pre.dataset.to_dict()})
-    module = clf.build(meta)
-    rng = jax.random.PRNGKey(config.seed)
-    variables = clf.init_variables(module, arrays, rng, ds.image_size)
-    total_steps, schedule, tx = supervised.protocol_optimizer(config, train_source.num_examples)
-    state = supervised.create_state(variables["params"], variables["batch_stats"], {}, tx,
-                                    jax.random.fold_in(rng, 1), mesh)
-
-    task = finetune_task(module)
-    logging.info("Fine-tuning on %d labelled examples of %s:%s for %d steps.",
-                 train_source.num_examples, ds.name, ds.train_split, total_steps)
-    state, results = supervised.fit_protocol(
-        config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
-        eval_source=eval_source, image_size=ds.image_size, normalize=normalize,
-        total_steps=total_steps, workdir=workdir, meta=meta)
-    results.update({"protocol": "finetune", "init_from": config.init_from,
-                    "pretrain_step": int(jax.device_get(arrays["step"])),
-                    "dataset": ds.name, "train_split": ds.train_split,
-                    "eval_split": ds.eval_split, "eval_split_size": eval_source.num_examples,
-                    "num_labelled_examples": train_source.num_examples,
-                    "label_fraction": ft.label_fraction,
-                    "ft_proj_selector": ft.ft_proj_selector})
-    supervised.write_json(workdir, RESULTS, results)
-    return results
+    return supervised.train_classifier(
+        config, workdir, protocol="finetune", meta=meta, arrays=arrays, ds=ds, mesh=mesh,
+        train_source=train_source, eval_source=eval_source, normalize=normalize,
+        make_state=lambda module, variables, tx, rng: supervised.create_state(
+            variables["params"], variables["batch_stats"], {}, tx, rng, mesh),
+        make_task=finetune_task, results_file=RESULTS,
+        extra_results={"train_split": ds.train_split,
+                       "num_labelled_examples": train_source.num_examples,
+                       "label_fraction": ft.label_fraction,
+                       "ft_proj_selector": ft.ft_proj_selector})

@@ -11,10 +11,6 @@ resized crop + flip augmentation; top-1/top-5 are exact over the evaluation spli
 """
 from __future__ import annotations
 
-
-from absl import logging
-import jax
-
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -61,23 +57,10 @@ def run(config, workdir: str) -> dict:
                         extra={"protocol": "linear_eval", "init_from": config.init_from,
                                "dataset": ds.to_dict(),
                                "pretrain_dataset": pre.dataset.to_dict()})
-    module = clf.build(meta)
-    rng = jax.random.PRNGKey(config.seed)
-    variables = clf.init_variables(module, arrays, rng, ds.image_size)
-    total_steps, schedule, tx = supervised.protocol_optimizer(config, train_source.num_examples)
-    state = create_state(module, variables, tx, jax.random.fold_in(rng, 1), mesh)
-
-    task = linear_task(module)
-    logging.info("Linear evaluation: %d steps on %s:%s, eval on %s (%d examples).", total_steps,
-                 ds.name, ds.train_split, ds.eval_split, eval_source.num_examples)
-    state, results = supervised.fit_protocol(
-        config, state, task, tx=tx, schedule=schedule, mesh=mesh, train_source=train_source,
-        eval_source=eval_source, image_size=ds.image_size, normalize=normalize,
-        total_steps=total_steps, workdir=workdir, meta=meta)
-    results.update({"protocol": "linear_eval", "init_from": config.init_from,
-                    "pretrain_step": int(jax.device_get(arrays["step"])),
-                    "dataset": ds.name, "eval_split": ds.eval_split,
-                    "eval_split_size": eval_source.num_examples,
-                    "num_train_examples": train_source.num_examples})
-    supervised.write_json(workdir, RESULTS, results)
-    return results
+    return supervised.train_classifier(
+        config, workdir, protocol="linear_eval", meta=meta, arrays=arrays, ds=ds, mesh=mesh,
+        train_source=train_source, eval_source=eval_source, normalize=normalize,
+        make_state=lambda module, variables, tx, rng: create_state(module, variables, tx, rng,
+                                                                  mesh),
+        make_task=linear_task, results_file=RESULTS,
+        extra_results={"num_train_examples": train_source.num_examples})

@@ -358,6 +358,34 @@ def fit_protocol(config, state: SupervisedState, task: Task, *, tx, schedule, me
         eval_at_start=eval_at_start, image_normalize=normalize)
 
 
+def train_classifier(config, workdir: str, *, protocol: str, meta: dict, arrays, ds, mesh,
+                     train_source, eval_source, normalize: str, make_state, make_task,
+                     results_file: str, extra_results: dict) -> dict:
+    """What linear evaluation and fine-tuning share once their classifier is described: build
+    it, initialise it from the pretraining arrays, train and evaluate it (`fit_protocol`) and
+    write workdir/results_file. make_state(module, variables, tx, rng) -> SupervisedState and
+    make_task(module) -> Task are where the two protocols differ."""
+    from simclr_jax.evaluate import classifier
+    module = classifier.build(meta)
+    rng = jax.random.PRNGKey(config.seed)
+    variables = classifier.init_variables(module, arrays, rng, ds.image_size)
+    total_steps, schedule, tx = protocol_optimizer(config, train_source.num_examples)
+    state = make_state(module, variables, tx, jax.random.fold_in(rng, 1))
+    logging.info("%s: %d steps on %d examples of %s:%s, eval on %s (%d examples).", protocol,
+                 total_steps, train_source.num_examples, ds.name, ds.train_split,
+                 ds.eval_split, eval_source.num_examples)
+    state, results = fit_protocol(
+        config, state, make_task(module), tx=tx, schedule=schedule, mesh=mesh,
+        train_source=train_source, eval_source=eval_source, image_size=ds.image_size,
+        normalize=normalize, total_steps=total_steps, workdir=workdir, meta=meta)
+    results.update({"protocol": protocol, "init_from": config.init_from,
+                    "pretrain_step": int(jax.device_get(arrays["step"])),
+                    "dataset": ds.name, "eval_split": ds.eval_split,
+                    "eval_split_size": eval_source.num_examples, **extra_results})
+    write_json(workdir, results_file, results)
+    return results
+
+
 # ----------------------------------------------------------------------------- outputs
 
 def make_writer(workdir: str):
