@@ -10,6 +10,7 @@ Process p of P materialises only its rows [p * B/P, (p + 1) * B/P) of each globa
 Per core speed (BENCHMARKS.md): per-example work is only what must be per example (decode once
 for all views, crop, resize, flip, and the colour ops on the host path); the random numbers and
 the epoch permutation are computed once per batch.
+
 Starting at `start_step` starts the counter there: no record is read, decoded or augmented for
 the skipped steps, so a resumed run (on any topology) sees exactly the batches of an
 uninterrupted one.
