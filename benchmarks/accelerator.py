@@ -36,7 +36,6 @@ import numpy as np  # noqa: E402
 
 from simclr_jax import optim, parallel, train  # noqa: E402
 from simclr_jax.config_base import load_config_file  # noqa: E402
-from simclr_jax.methods import get_method  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device, by jax's device_kind (vendor data sheets).
 PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
@@ -77,14 +76,10 @@ def load(case: str, per_device_batch: int, smoke: bool, on_device: bool):
 
 
 def build(config, mesh):
-    method = get_method(config.method)
-    network = method.build_network(config, num_classes=1000)
     schedule = optim.make_lr_schedule("cosine", peak_lr=0.1, total_steps=10_000,
                                       warmup_steps=10, boundaries=(), steps_per_epoch=100)
-    tx = optim.make_optimizer(config.optimizer, schedule)
-    state = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
-    step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
-                                lr_schedule=schedule, total_steps=10_000)
+    _, _, _, state, step, _ = train.build_step(config, mesh, schedule, 10_000,
+                                               num_classes=1000, num_train_examples=1_281_167)
     return state, step
 
 

@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 
 from simclr_jax import optim, parallel, train  # noqa: E402
 from simclr_jax.config_base import load_config_file  # noqa: E402
-from simclr_jax.methods import get_method  # noqa: E402
 
 # name -> (config file, preset, overrides)
 CASES = {
@@ -62,14 +61,9 @@ def compile_step(step_fn, state, batch):
 def measure(case: str, steps: int) -> dict:
     config = load(case)
     mesh = parallel.make_mesh()
-    method = get_method(config.method)
-    network = method.build_network(config, num_classes=10)
     schedule = optim.make_lr_schedule("cosine", peak_lr=0.1, total_steps=1000, warmup_steps=10,
                                       boundaries=(), steps_per_epoch=100)
-    tx = optim.make_optimizer(config.optimizer, schedule)
-    state = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
-    step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
-                                lr_schedule=schedule, total_steps=1000)
+    _, _, _, state, step, _ = train.build_step(config, mesh, schedule, 1000)
     B, S = config.batch_size, config.dataset.image_size
     rng = np.random.default_rng(0)
     batch = parallel.to_global(mesh, {

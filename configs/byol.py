@@ -21,7 +21,7 @@ PRESETS = ("imagenet_300ep", "imagenet_1000ep", "cifar10")
 def get_config(arg):
     c = base_config()
     c.method = "byol"
-    c.head.kind, c.head.hidden_dim, c.head.out_dim = "byol", 4096, 256
+    c.head.kind, c.head.hidden_dim, c.head.out_dim = "bn_mlp_biased", 4096, 256
     c.predictor.hidden_dim = 4096
     c.ema.schedule = "cosine"
     c.optimizer.name, c.optimizer.lr_scaling = "lars", "linear"

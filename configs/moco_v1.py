@@ -18,7 +18,7 @@ PRESETS = ("imagenet_200ep", "cifar10")
 def get_config(arg):
     c = base_config()
     c.method = "moco"
-    c.head.kind, c.head.out_dim = "moco_v1", 128
+    c.head.kind, c.head.out_dim = "linear", 128
     c.ema.base, c.ema.schedule = 0.999, "constant"
     c.moco.shuffle_bn = True
     c.model.bn_group_size = 32

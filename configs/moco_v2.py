@@ -29,7 +29,7 @@ PRESETS = ("imagenet_200ep", "imagenet_800ep", "cifar10", "cifar10_colab",
 def get_config(arg):
     c = base_config()
     c.method = "moco"
-    c.head.kind, c.head.hidden_dim, c.head.out_dim = "moco_v2", 2048, 128
+    c.head.kind, c.head.hidden_dim, c.head.out_dim = "mlp", 2048, 128
     c.ema.schedule = "constant"
     c.moco.shuffle_bn = True
     c.model.bn_group_size = 32
@@ -75,7 +75,7 @@ def colab(c, symmetric: bool):
         "train", "train", "test")
     c.model.depth, c.model.width, c.model.stem = 18, 1.0, "cifar"
     c.model.bn_group_size = 64                  # --bn-splits 8 at batch 512
-    c.head.kind, c.head.out_dim = "moco_v1", 128  # resnet18(num_classes=128): Linear(512, 128)
+    c.head.kind, c.head.out_dim = "linear", 128  # resnet18(num_classes=128): Linear(512, 128)
     c.moco.queue_size, c.moco.shuffle_bn, c.moco.symmetric = 4096, True, symmetric
     c.ema.base = 0.99
     c.loss.temperature = 0.1

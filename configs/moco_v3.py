@@ -25,7 +25,8 @@ PRESETS = ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base", "cif
 def get_config(arg):
     c = base_config()
     c.method = "moco_v3"
-    c.head.kind, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = "moco_v3", 2, 4096, 256
+    c.head.kind = "bn_mlp_nonaffine"      # no biases, BN, last BN without affine; + predictor
+    c.head.num_layers, c.head.hidden_dim, c.head.out_dim = 2, 4096, 256
     c.predictor.hidden_dim, c.predictor.last_bn = 4096, False
     c.ema.schedule, c.ema.base = "cosine", 0.99
     c.model.conv_init, c.model.zero_init_residual = "torchvision", True

@@ -30,7 +30,7 @@ def get_config(arg):
     c.simclr.memory = memory
     c.ema.base, c.ema.schedule = 0.999, "constant"
     c.simclr.memory_size = 4096 if arg == "cifar10" else 65536
-    c.head.kind, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = "simclr", 3, 0, 128
+    c.head.kind, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = "bn_mlp", 3, 0, 128
     c.model.shortcut, c.model.stem_pool_padding = "first_block_of_stage", "same"
     c.optimizer.name = "lars"
     if arg == "cifar10":

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from simclr_jax.errors import UserError
 from simclr_jax.parallel import make_mesh, replicated_sharding
-from simclr_jax.state import TrainState
+from simclr_jax.state import LEGACY_METHOD_FIELDS, TrainState
 from simclr_jax.workdir import as_path
 
 DAMAGED = "damaged_checkpoints"
@@ -104,14 +104,37 @@ def _restore_newest_intact(manager: ocp.CheckpointManager, restore_step: Callabl
     return None, None
 
 
+def _legacy_layout(target: dict, stored_keys) -> dict | None:
+    """`target` in the layout of checkpoints written before methods owned their state (the
+    method's fields at the top level), if the stored checkpoint has that layout; else None."""
+    method_state = target.get("method_state") or {}
+    if ("method_state" in stored_keys or not method_state
+            or not set(method_state) <= set(LEGACY_METHOD_FIELDS)):
+        return None
+    return {**{k: v for k, v in target.items() if k != "method_state"}, **method_state}
+
+
+def _from_legacy(restored: dict) -> dict:
+    """A checkpoint of the old layout -> the current one (method fields into method_state)."""
+    legacy = {k: restored.pop(k) for k in LEGACY_METHOD_FIELDS if k in restored}
+    if legacy and "method_state" not in restored:
+        restored["method_state"] = legacy
+    return restored
+
+
 def restore_latest(manager: ocp.CheckpointManager, template: TrainState) -> TrainState | None:
-    """The newest intact checkpoint restored into `template`'s structure/shardings, or None."""
+    """The newest intact checkpoint restored into `template`'s structure/shardings, or None.
+    Checkpoints of the layout before method-owned state are migrated (same arrays, new place)."""
     target = template.to_dict()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
 
     def restore_step(step):
-        _check_structure(_tree_metadata(manager, step), target, manager.directory, step)
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        stored = _tree_metadata(manager, step)
+        legacy = _legacy_layout(target, set(stored.keys()) if hasattr(stored, "keys") else ())
+        want = target if legacy is None else legacy
+        _check_structure(stored, want, manager.directory, step)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, want)
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return restored if legacy is None else _from_legacy(dict(restored))
 
     step, restored = _restore_newest_intact(manager, restore_step, move_damaged=True)
     if restored is None:
@@ -146,7 +169,7 @@ def restore_arrays(path: str, step: Optional[int] = None) -> dict:
         if step not in mgr.all_steps():
             raise UserError(f"{path} has no checkpoint at step {step}; it has steps "
                             f"{sorted(mgr.all_steps())}.")
-        return restore_step(step)
+        return _from_legacy(dict(restore_step(step)))
     found, arrays = _restore_newest_intact(mgr, restore_step, move_damaged=False)
     if arrays is None and mgr.all_steps():
         raise UserError(f"none of the checkpoints under {path} can be read (see the warnings "
@@ -154,4 +177,4 @@ def restore_arrays(path: str, step: Optional[int] = None) -> dict:
     if arrays is None:
         raise UserError(f"no checkpoint under {path}; pass a pretraining workdir (it contains "
                         f"checkpoints/<step>/) or the checkpoints directory itself.")
-    return arrays
+    return _from_legacy(dict(arrays))

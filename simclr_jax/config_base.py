@@ -8,6 +8,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from simclr_jax import methods
 from simclr_jax.data import aug_presets
 from simclr_jax.errors import UserError
 
@@ -15,7 +16,8 @@ from simclr_jax.errors import UserError
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = "pretrain"                    # pretrain | knn_eval | linear_eval | finetune | distill
-    c.method = "simclr"
+    c.method = config_dict.placeholder(str)   # a file in simclr_jax/methods/ (its config file
+                                              # sets it: configs/<method>.py)
     c.seed = 0
 
     c.dataset = ml_collections.ConfigDict()
@@ -59,8 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.shortcut = "on_shape_change"   # projection shortcut: "on_shape_change" (torchvision)
                                            # | "first_block_of_stage" (SimCLR tf2)
     c.model.stem_pool_padding = "torch"    # ImageNet stem max pool: "torch" (1, 1) | "same" (TF)
-    c.model.conv_init = "simclr"           # "simclr" (fan_in truncated normal; also BYOL) |
-                                           # "torchvision" (kaiming normal fan_out; MoCo)
+    c.model.conv_init = "fan_in_truncated_normal"  # (SimCLR's and BYOL's) | "torchvision"
+                                                   # (kaiming normal fan_out; MoCo)
     c.model.zero_init_residual = True      # last BN of every block starts at 0 (not MoCo v1/v2)
     c.model.bn_group_size = config_dict.placeholder(int)  # None = global (cross-replica) BN
     c.model.dtype = "float32"              # compute dtype: "bfloat16" on TPU/GPU for speed
@@ -69,27 +71,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.stop_grad_patch_embed = False  # ViT: MoCo v3's frozen random patch projection
 
     c.head = ml_collections.ConfigDict()
-    c.head.kind = "simclr"                 # simclr | moco_v1 | moco_v2 | moco_v3 | byol
+    c.head.kind = "bn_mlp"                 # models.heads.HEAD_KINDS: bn_mlp | linear | mlp |
+                                           # bn_mlp_nonaffine | bn_mlp_biased
     c.head.num_layers = 2                  # SimCLR v1: 2, v2: 3; MoCo v3 projector: 3 (ResNet)
     c.head.hidden_dim = 0                  # 0 = the backbone's feature width
     c.head.out_dim = 128
 
-    c.predictor = ml_collections.ConfigDict()   # MoCo v3 / BYOL online predictor
+    c.predictor = ml_collections.ConfigDict()   # online predictor (MoCo v3, BYOL, SimSiam)
     c.predictor.hidden_dim = 4096
     c.predictor.last_bn = False                 # MoCo v3 ViT: True
 
-    c.ema = ml_collections.ConfigDict()         # EMA target network (MoCo, BYOL)
+    c.ema = ml_collections.ConfigDict()         # EMA target network (MoCo, BYOL, ...)
     c.ema.base = 0.99
     c.ema.schedule = "cosine"                   # "constant" (MoCo v1/v2) | "cosine" (v3, BYOL)
 
-    c.moco = ml_collections.ConfigDict()        # MoCo v1/v2 key queue
-    c.moco.queue_size = 65536
-    c.moco.shuffle_bn = True
-    c.moco.symmetric = False                    # CIFAR-10 colab option: loss_12 + loss_21
-
-    c.simclr = ml_collections.ConfigDict()      # SimCLR v2 option
-    c.simclr.memory = False                     # momentum encoder + queue of extra negatives
-    c.simclr.memory_size = 65536                # keys in that queue (EMA settings: ema.*)
+    for name, section in methods.config_sections().items():   # each method's own section
+        c[name] = section
 
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.1
@@ -198,9 +195,6 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.model.get("bn_group_size") is not None:
         c.model.bn_group_size = 4
     c.head.hidden_dim, c.head.out_dim, c.predictor.hidden_dim = 32, 16, 32
-    if c.method == "moco":
-        c.moco.queue_size = 4 * c.batch_size      # a multiple of 2B too (moco.symmetric)
-    if c.method == "simclr" and c.simclr.memory:
-        c.simclr.memory_size = 4 * 2 * c.batch_size
+    methods.get_method(c.method).runlocal(c)    # the method's own sizes (queues, banks, ...)
     c.eval.every_steps, c.eval.knn_k = 10, 10
     return c

@@ -1,6 +1,7 @@
 """Checks of a config before any work starts: impossible settings fail with a fix, not a trace."""
 from __future__ import annotations
 
+from simclr_jax import methods
 from simclr_jax.data import aug_presets
 from simclr_jax.errors import UserError
 
@@ -10,6 +11,10 @@ def _fail(msg: str):
 
 
 def validate_config(config) -> None:
+    if not config.get("method"):
+        _fail(f"no method: set --config.method to one of {', '.join(methods.available())}, or "
+              f"start from a method's config file (configs/<method>.py).")
+    methods.check_views(config.method, methods.get_method(config.method), config)
     if config.get("num_epochs") is None and config.get("num_steps") is None:
         _fail("set --config.num_epochs or --config.num_steps (num_steps wins when both are set).")
     if config.batch_size <= 0:

@@ -65,6 +65,7 @@ class Encoder:
     image_size: int
     normalize: str           # "none" | "imagenet" | "cifar10"
     model_config: dict
+    pretraining: dict | None = None   # the pretraining config (rebuilds the method's encoder)
 
     def preprocess(self, images) -> jnp.ndarray:
         """uint8 or [0, 1] float images [B, H, W, 3] -> the float input the encoder expects."""
@@ -88,29 +89,45 @@ class Encoder:
         self._jitted = jax.jit(self.apply)
 
 
-def _encoder_from(model_cfg: dict, image_size: int, normalize: str, params, batch_stats):
-    module = build_backbone(ml_collections.ConfigDict(model_cfg))
+def _encoder_from(module, model_cfg: dict, image_size: int, normalize: str, params,
+                  batch_stats, pretraining: dict | None = None):
     return Encoder(module=module, variables={"params": params, "batch_stats": batch_stats},
-                   image_size=int(image_size), normalize=normalize, model_config=model_cfg)
+                   image_size=int(image_size), normalize=normalize, model_config=model_cfg,
+                   pretraining=pretraining)
+
+
+def _method_encoder(config: dict):
+    """(backbone module, encoder spec) of a pretraining config's method (the encoder contract)."""
+    from simclr_jax.methods import get_method
+    cfg = ml_collections.ConfigDict(config)
+    spec = get_method(cfg.method).encoder(cfg)
+    return spec.backbone, spec
 
 
 def load_encoder(path: str, step: int | None = None) -> Encoder:
     """Encoder from a pretraining workdir (config.json + checkpoints/) or an export directory."""
+    from simclr_jax.methods.legacy import migrate_config
     root = as_path(path)
     if (root / ENCODER_CONFIG).exists():
         meta = json.loads((root / ENCODER_CONFIG).read_text())
         arrays = ocp.StandardCheckpointer().restore(root / "encoder")
-        return _encoder_from(meta["model"], meta["image_size"], meta["normalize"],
-                             arrays["params"], arrays["batch_stats"])
+        pre = migrate_config(meta.get("pretraining"))
+        module = (_method_encoder(pre)[0] if pre else
+                  build_backbone(ml_collections.ConfigDict(migrate_config(
+                      {"model": meta["model"]})["model"])))
+        return _encoder_from(module, meta["model"], meta["image_size"], meta["normalize"],
+                             arrays["params"], arrays["batch_stats"], pre)
     workdir = root.parent if root.name == "checkpoints" else root
     if not (workdir / "config.json").exists():
         raise UserError(f"{path} is neither a pretraining workdir (no config.json) nor an export "
                         f"directory (no {ENCODER_CONFIG}).")
-    config = json.loads((workdir / "config.json").read_text())
-    arrays = checkpoint.restore_arrays(str(workdir), step)
-    return _encoder_from(config["model"], config["dataset"]["image_size"],
+    config = migrate_config(json.loads((workdir / "config.json").read_text()))
+    module, spec = _method_encoder(config)
+    variables = spec.variables(checkpoint.restore_arrays(str(workdir), step))
+    return _encoder_from(module, config["model"], config["dataset"]["image_size"],
                          config["aug"]["view1"].get("normalize", "none"),
-                         arrays["params"]["backbone"], arrays["batch_stats"].get("backbone", {}))
+                         variables["params"]["backbone"],
+                         variables["batch_stats"].get("backbone", {}), config)
 
 
 def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
@@ -128,7 +145,8 @@ def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
     if jax.process_index() == 0:
         (out / ENCODER_CONFIG).write_text(json.dumps(
             {"model": enc.model_config, "image_size": enc.image_size,
-             "normalize": enc.normalize, "num_features": int(enc.module.num_features)},
+             "normalize": enc.normalize, "num_features": int(enc.module.num_features),
+             "pretraining": enc.pretraining},
             indent=2))
     return str(out)
 

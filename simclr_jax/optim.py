@@ -5,6 +5,7 @@ scalars, so they can live inside the jitted train step and inside optax.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -204,21 +205,37 @@ def _key_name(key) -> str:
     return str(key)
 
 
-def weight_decay_mask(params, exclude: Sequence[str] = ("probe",)):
+def _path_names(path) -> tuple:
+    return tuple(_key_name(k) for k in path)
+
+
+def weight_decay_mask(params, exclude: Sequence[str] = ("probe",),
+                      exclude_paths: Sequence[tuple] = ()):
     """Pytree of bools: True where weight decay (and LARS' trust ratio) applies.
 
     True for arrays with ndim > 1 (kernels, embeddings) whose path contains no key equal to a
-    name in `exclude` (at any level). Biases and BN scale/bias are 1-D, so they are False;
-    the online probe (like SimCLR's supervised head) is excluded by name.
+    name in `exclude` (at any level) and starts with none of `exclude_paths` (parameter groups
+    declared without weight decay). Biases and BN scale/bias are 1-D, so they are False; the
+    online probe (like SimCLR's supervised head) is excluded by name.
     """
     excluded = set(exclude)
 
     def leaf_mask(path, x):
-        if any(_key_name(k) in excluded for k in path):
+        names = _path_names(path)
+        if any(n in excluded for n in names):
+            return False
+        if any(names[:len(p)] == tuple(p) for p in exclude_paths):
             return False
         return jnp.ndim(x) > 1
 
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
+
+
+def group_mask(params, prefix: Sequence[str]):
+    """True on the leaves whose path starts with `prefix` (a parameter group)."""
+    prefix = tuple(prefix)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _path_names(path)[:len(prefix)] == prefix, params)
 
 
 def lars(learning_rate, weight_decay: float, mask, *, trust_coefficient: float = 1e-3,
@@ -252,8 +269,61 @@ def probe_mask(params):
     return {k: jax.tree.map(lambda _: k == "probe", v) for k, v in params.items()}
 
 
-def make_optimizer(opt_cfg, learning_rate, frozen_mask=None,
-                   probe_lr_multiplier: float = 1.0) -> optax.GradientTransformation:
+def freeze_until(inner: optax.GradientTransformation, step: int) -> optax.GradientTransformation:
+    """`inner` as if its parameters had no gradient before optimizer step `step` (PyTorch's
+    p.grad = None, e.g. SwAV's frozen prototypes): zero updates, and neither the momentum nor
+    any other state of `inner` advances; from `step` on, `inner` runs as if started there (give
+    it a schedule shifted by `step`)."""
+    def init(params):
+        return (jnp.zeros([], jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        count, inner_state = state
+        new_updates, new_inner = inner.update(updates, inner_state, params)
+        frozen = count < step
+        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u),
+                                   new_updates)
+        new_inner = jax.tree.map(lambda old, new: jnp.where(frozen, old, new), inner_state,
+                                 new_inner)
+        return new_updates, (count + 1, new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _base_optimizer(opt_cfg, learning_rate, mask) -> optax.GradientTransformation:
+    """The configured optimizer (no clipping, no groups) at `learning_rate`."""
+    get = opt_cfg.get
+    name = get("name")
+    wd = float(get("weight_decay", 0.0) or 0.0)
+    momentum = get("momentum", 0.9)
+    nesterov = bool(get("nesterov", False))
+    if name == "lars":
+        return lars(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
+                    momentum=momentum, nesterov=nesterov,
+                    lr_order=get("lars_lr", "before_momentum"))
+    if name == "sgd":
+        decay_mask = None if get("decay_all", True) else mask
+        return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
+                           optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+    if name == "adamw":
+        return optax.adamw(learning_rate, b1=get("b1", 0.9), b2=get("b2", 0.999),
+                           eps=get("eps", 1e-8), weight_decay=wd,
+                           mask=None if get("decay_all", True) else mask)
+    raise UserError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
+
+
+def _scaled(learning_rate, multiplier: float, shift: int = 0, fixed: float | None = None):
+    """A group's LR: `fixed` (a constant) or the schedule shifted by `shift` steps, x multiplier."""
+    if fixed is not None:
+        return fixed * multiplier
+    if callable(learning_rate):
+        return lambda count: multiplier * learning_rate(count + shift)
+    return learning_rate * multiplier
+
+
+def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier: float = 1.0,
+                   groups: Sequence = (), peak_lr: float | None = None
+                   ) -> optax.GradientTransformation:
     """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
     trust_coefficient, b1, b2, eps, decay_all, grad_clip_norm; optional ones via .get).
 
@@ -268,47 +338,77 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None,
     "adamw": optax.adamw with decoupled weight decay on every parameter (decay_all=True, as
       MoCo v3's ViT reference does with torch AdamW) or on masked parameters only.
     grad_clip_norm (optional): clip the global gradient norm first.
-    frozen_mask (optional): pytree of bools (or a function of params); True leaves get a zero
-      update, so neither the gradient nor weight decay ever moves them (MoCo v3's frozen patch
-      projection).
-    probe_lr_multiplier: the online probe trains at this multiple of the LR (a short run's
-      pretraining LR is far too hot for a linear classifier).
+    groups: `methods.ParamGroup`s. weight_decay=False leaves a group out of weight decay and
+      LARS' trust ratio; lr_multiplier scales its updates (every optimizer here is linear in
+      the LR, momentum traces included, so that is exactly training it at multiplier x the
+      LR); frozen_until_step=FOREVER zeroes its updates (weight decay included). A group with
+      fixed_lr (at `peak_lr`) or frozen only until a step gets its own copy of the optimizer
+      (optax.multi_transform), so its state never sees the other schedule.
+    frozen_mask / probe_lr_multiplier: the same as a frozen group / a ("probe",) group.
     """
+    from simclr_jax.methods import FOREVER, ParamGroup
+
     get = opt_cfg.get
-    name = get("name")
     wd = float(get("weight_decay", 0.0) or 0.0)
     if wd < 0:
         raise UserError(f"optimizer.weight_decay must be >= 0, got {wd}.")
-    mask = lambda p: weight_decay_mask(p)  # noqa: E731  (optax calls it with the updates)
-    momentum = get("momentum", 0.9)
-    nesterov = bool(get("nesterov", False))
-
-    if name == "lars":
-        tx = lars(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
-                  momentum=momentum, nesterov=nesterov,
-                  lr_order=get("lars_lr", "before_momentum"))
-    elif name == "sgd":
-        decay_mask = None if get("decay_all", True) else mask
-        tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
-                         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
-    elif name == "adamw":
-        tx = optax.adamw(learning_rate, b1=get("b1", 0.9), b2=get("b2", 0.999),
-                         eps=get("eps", 1e-8), weight_decay=wd,
-                         mask=None if get("decay_all", True) else mask)
-    else:
-        raise UserError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
-
-    clip = get("grad_clip_norm", None)
-    if clip is not None:
-        if clip <= 0:
-            raise UserError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
-        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     if probe_lr_multiplier < 0:
         raise UserError(f"probe.lr_multiplier must be >= 0, got {probe_lr_multiplier}.")
+    groups = tuple(groups)
     if probe_lr_multiplier != 1.0:
-        # Every optimizer here makes its update linear in the LR (momentum traces included),
-        # so scaling the probe's final update is exactly running it at multiplier x the LR.
-        tx = optax.chain(tx, optax.masked(optax.scale(probe_lr_multiplier), probe_mask))
+        groups += (ParamGroup(("probe",), lr_multiplier=probe_lr_multiplier,
+                              weight_decay=False),)
+    for g in groups:
+        if g.lr_multiplier < 0:
+            raise UserError(f"parameter group {'/'.join(g.path)}: LR multiplier must be >= 0, "
+                            f"got {g.lr_multiplier}.")
+    no_decay = tuple(g.path for g in groups if not g.weight_decay)
+    mask = lambda p: weight_decay_mask(p, exclude_paths=no_decay)  # noqa: E731
+    own = [g for g in groups if g.fixed_lr or 0 < g.frozen_until_step < FOREVER]
+    shared = [g for g in groups if g not in own]
+
+    clip = get("grad_clip_norm", None)
+    if clip is not None and clip <= 0:
+        raise UserError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
+    tx = _base_optimizer(opt_cfg, learning_rate, mask)
+    if clip is not None and not own:   # (the state layout of checkpoints before param groups)
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    for g in shared:
+        if g.lr_multiplier != 1.0 and g.frozen_until_step != FOREVER:
+            tx = optax.chain(tx, optax.masked(optax.scale(g.lr_multiplier),
+                                              functools.partial(group_mask, prefix=g.path)))
+    if own:
+        if any(g.fixed_lr for g in own) and peak_lr is None:
+            raise ValueError("a fixed-LR parameter group needs peak_lr")
+        transforms = {"rest": tx}
+        for i, g in enumerate(own):
+            start = g.frozen_until_step
+            lr = _scaled(learning_rate, g.lr_multiplier, shift=start,
+                         fixed=peak_lr if g.fixed_lr else None)
+            inner = _base_optimizer(opt_cfg, lr, mask)
+            transforms[f"group{i}"] = freeze_until(inner, start) if start > 0 else inner
+
+        def labels(params):
+            def label(path, _):
+                names = _path_names(path)
+                for i, g in enumerate(own):
+                    if names[:len(g.path)] == tuple(g.path):
+                        return f"group{i}"
+                return "rest"
+            return jax.tree_util.tree_map_with_path(label, params)
+
+        tx = optax.multi_transform(transforms, labels)
+        if clip is not None:           # one global norm over every group
+            tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    frozen = [g.path for g in shared if g.frozen_until_step == FOREVER]
+    if frozen_mask is None and frozen:
+        frozen_mask = lambda p: jax.tree.map(  # noqa: E731
+            lambda *m: any(m), *[group_mask(p, f) for f in frozen])
+    elif frozen:
+        user_mask = frozen_mask
+        frozen_mask = lambda p: jax.tree.map(  # noqa: E731
+            lambda *m: any(m), user_mask(p) if callable(user_mask) else user_mask,
+            *[group_mask(p, f) for f in frozen])
     if frozen_mask is not None:
         tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen_mask))
     return tx

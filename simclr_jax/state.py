@@ -2,7 +2,8 @@
 
 One state goes into the jitted step and one comes out; nothing is kept in Python between steps,
 so checkpoint/resume is "save this pytree" and multi-device is "shard this pytree".
-Fields a method does not use stay None (an empty pytree node).
+`method_state` is the method's own pytree (EMA target, queue, memory bank, centre, ...): the
+trainer never looks inside it (see simclr_jax/methods/__init__.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import flax
 import jax
 import jax.numpy as jnp
 
+# Top-level fields of checkpoints written before methods owned their state; they now live,
+# under the same names, inside `method_state` (checkpoint.py migrates them on restore).
+LEGACY_METHOD_FIELDS = ("target_params", "target_batch_stats", "queue", "queue_ptr",
+                        "queue_filled")
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -20,15 +26,14 @@ class TrainState:
     batch_stats: Any               # online BN running statistics
     opt_state: Any
     rng: jax.Array                 # [2] uint32 base key; per-step keys are fold_in(rng, step)
-    target_params: Any = None      # EMA ("momentum") encoder: MoCo, BYOL, SimCLR v2 option
-    target_batch_stats: Any = None  # the target's own BN statistics (from its own passes)
-    queue: Any = None              # [K, D] L2-normalised keys (MoCo v1/v2)
-    queue_ptr: Any = None          # [] int32 next write position in the queue
-    queue_filled: Any = None       # [] int32 number of real keys written (for the fill metric)
+    method_state: Any = None       # the method's own state ({} when it has none)
 
     def to_dict(self) -> dict:
-        """Checkpointable view: plain dict of the array fields that are in use."""
-        return {k: v for k, v in vars(self).items() if v is not None}
+        """Checkpointable view: plain dict of the array fields."""
+        out = {k: v for k, v in vars(self).items() if v is not None}
+        if not out.get("method_state"):   # an empty dict is no node for orbax
+            out.pop("method_state", None)
+        return out
 
     def replace_from_dict(self, d: dict) -> "TrainState":
         return self.replace(**d)

@@ -23,8 +23,7 @@ from simclr_jax.data import augment_jax, normalization, pipeline, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
 from simclr_jax.guard import DivergenceGuard
-from simclr_jax.methods import get_method
-from simclr_jax.models import frozen_param_mask
+from simclr_jax.methods import Context, encoder_network, get_method, views_of
 from simclr_jax.state import TrainState, select_tree, tree_all_finite
 
 
@@ -52,30 +51,74 @@ def make_schedules(config, num_train_examples: int):
     return total_steps, warmup_steps, schedule
 
 
+# ----------------------------------------------------------------------------- context
+
+def make_context(config, num_train_examples: int, mesh=None) -> Context:
+    """The static facts every method call sees (methods.Context)."""
+    total_steps, _, _ = make_schedules(config, num_train_examples)
+    return Context(total_steps=total_steps,
+                   steps_per_epoch=max(1, num_train_examples // config.batch_size),
+                   num_train_examples=num_train_examples,
+                   global_batch_size=config.batch_size, mesh=mesh)
+
+
+def make_optimizer(config, method, lr_schedule, ctx: Context):
+    """The configured optimizer with the method's parameter groups (probe, frozen, fixed LR)."""
+    peak_lr = optim.scaled_lr(config.optimizer.base_lr, config.batch_size,
+                              config.optimizer.lr_scaling)
+    # An all-False frozen mask still adds its (stateless) masked transform: the optimizer state
+    # keeps the layout of checkpoints written before parameter groups.
+    return optim.make_optimizer(config.optimizer, lr_schedule,
+                                frozen_mask=lambda p: jax.tree.map(lambda _: False, p),
+                                groups=method.param_groups(config, ctx), peak_lr=peak_lr)
+
+
 # ----------------------------------------------------------------------------- state
 
-def create_train_state(config, network, tx, method, mesh, rng) -> TrainState:
-    """Initialise parameters on the mesh (replicated). A pure function of config.seed."""
-    size = config.dataset.image_size
+def _init_fn(config, network, tx, method, ctx: Context, rng):
+    """A function () -> TrainState: initialise parameters and the method's state from rng."""
     init_rng, extras_rng, state_rng = jax.random.split(rng, 3)
     # The init batch must divide into BN groups; 2 * group (or 2) examples suffice.
     group = config.model.get("bn_group_size") or 1
+    size = config.dataset.image_size
     dummy = jnp.zeros((2 * group, size, size, 3), jnp.float32)
 
     def init():
         variables = network.init({"params": init_rng}, dummy, train=True)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
-        extras = method.init_extras(config, network, variables, extras_rng)
+        method_state = method.init_state(config, network, variables, extras_rng, ctx)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                          opt_state=tx.init(params), rng=state_rng, **extras)
+                          opt_state=tx.init(params), rng=state_rng, method_state=method_state)
 
-    return jax.jit(init, out_shardings=parallel.replicated_sharding(mesh))()
+    return init
+
+
+def state_sharding(config, network, tx, method, ctx: Context, mesh):
+    """The TrainState's shardings: replicated, except what the method shards (e.g. a memory
+    bank's rows over the "data" axis)."""
+    abstract = jax.eval_shape(_init_fn(config, network, tx, method, ctx, jax.random.PRNGKey(0)))
+    replicated = parallel.replicated_sharding(mesh)
+    specs = method.state_sharding(config, ctx, abstract.method_state)
+    if specs is None:
+        method_sharding = jax.tree.map(lambda _: replicated, abstract.method_state)
+    else:
+        method_sharding = jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec),
+                                       specs, is_leaf=lambda x: isinstance(
+                                           x, jax.sharding.PartitionSpec))
+    shardings = jax.tree.map(lambda _: replicated, abstract.replace(method_state=None))
+    return shardings.replace(method_state=method_sharding)
+
+
+def create_train_state(config, network, tx, method, mesh, rng, ctx: Context) -> TrainState:
+    """Initialise parameters on the mesh. A pure function of config.seed."""
+    init = _init_fn(config, network, tx, method, ctx, rng)
+    return jax.jit(init, out_shardings=state_sharding(config, network, tx, method, ctx, mesh))()
 
 
 # ----------------------------------------------------------------------------- step
 
 def train_step(state: TrainState, batch, *, method, network, config, tx, lr_schedule,
-               total_steps):
+               ctx: Context):
     """One optimisation step over the GLOBAL batch. Pure: (state, batch) -> (state, metrics).
 
     A non-finite loss or gradient leaves the state unchanged and raises the `nonfinite` metric,
@@ -86,48 +129,74 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
         batch = augment_jax.augment_batch(batch, config.aug, config.seed, state.step)
 
     def loss_fn(params):
-        return method.compute_loss(network, config, params, state, batch, rng)
+        return method.compute_loss(network, config, params, state, batch, rng, ctx)
 
-    (loss, (batch_stats, extras, metrics)), grads = jax.value_and_grad(
+    (loss, (batch_stats, method_state, metrics)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, **extras)
-    new_state = method.after_update(network, config, new_state, total_steps)
+                              opt_state=opt_state, method_state=method_state)
+    new_state, method_metrics = method.after_update(network, config, new_state, ctx)
 
     finite = jnp.isfinite(loss) & tree_all_finite(grads) & tree_all_finite(params)
     new_state = select_tree(finite, new_state, state)
-    metrics = {**metrics, "total_loss": loss, "learning_rate": lr_schedule(state.step),
-               "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-               "nonfinite": 1.0 - finite.astype(jnp.float32)}
-    if state.target_params is not None:
-        k = state.step + 1 if getattr(method, "EMA_OF_NEXT_STEP", False) else state.step
-        metrics["ema_momentum"] = optim.ema_momentum(k, total_steps,  # the m that was applied
-                                                     config.ema.base, config.ema.schedule)
-    return new_state, metrics
+    return new_state, {**metrics, **method_metrics, "total_loss": loss,
+                       "learning_rate": lr_schedule(state.step),
+                       "grad_norm": optax.global_norm(grads),
+                       "param_norm": optax.global_norm(params),
+                       "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
 
-def jit_train_step(mesh, **static):
-    """The step jitted with explicit shardings: state replicated and donated, batch sharded."""
+def jit_train_step(mesh, *, method, network, config, tx, lr_schedule, ctx: Context):
+    """The step jitted with explicit shardings: state replicated (or as the method shards it)
+    and donated, batch sharded over the "data" axis."""
+    shardings = state_sharding(config, network, tx, method, ctx, mesh)
     replicated = parallel.replicated_sharding(mesh)
-    return jax.jit(functools.partial(train_step, **static),
-                   in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+    step = functools.partial(train_step, method=method, network=network, config=config, tx=tx,
+                             lr_schedule=lr_schedule, ctx=ctx)
+    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def build_step(config, mesh, lr_schedule, total_steps: int, *, num_classes: int = 10,
+               num_train_examples: int | None = None, tx=None):
+    """(method, network, tx, initial state, jitted step, ctx) exactly as the trainer builds
+    them, for tests and benchmarks that drive the step with their own batches."""
+    method = get_method(config.method)
+    n = num_train_examples or 100 * config.batch_size
+    ctx = Context(total_steps=total_steps, steps_per_epoch=max(1, n // config.batch_size),
+                  num_train_examples=n, global_batch_size=config.batch_size, mesh=mesh)
+    network = method.build_network(config, num_classes)
+    tx = tx if tx is not None else make_optimizer(config, method, lr_schedule, ctx)
+    state = create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0), ctx)
+    step = jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
+                          lr_schedule=lr_schedule, ctx=ctx)
+    return method, network, tx, state, step, ctx
 
 
 # ----------------------------------------------------------------------------- evaluation
 
-def make_knn_evaluator(config, mesh, network) -> knn.KnnEvaluator | None:
-    """The pretraining kNN monitor from config.dataset/eval, or None when a split is unset."""
+def make_knn_evaluator(config, mesh, method) -> knn.KnnEvaluator | None:
+    """The pretraining kNN monitor from config.dataset/eval (on the method's encoder), or None
+    when a split is unset."""
     ds = config.dataset
     if not (ds.knn_train_split and ds.knn_test_split):
         return None
     return knn.KnnEvaluator(
-        network, mesh, bank=sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir")),
+        encoder_network(method, config), mesh,
+        bank=sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir")),
         test=sources.get_source(ds.name, ds.knn_test_split, ds.get("data_dir")),
         image_size=ds.image_size, batch_size=config.eval.batch_size, k=config.eval.knn_k,
         temperature=config.eval.knn_temperature, normalize=config.aug.view1.normalize)
+
+
+def score_knn(evaluator: knn.KnnEvaluator, method, config, state: TrainState) -> dict:
+    """kNN metrics of the method's encoder in `state`."""
+    variables = method.encoder(config).variables(
+        {"params": state.params, "batch_stats": state.batch_stats,
+         "method_state": state.method_state})
+    return evaluator(variables["params"], variables["batch_stats"])
 
 
 # ----------------------------------------------------------------------------- images
@@ -203,7 +272,14 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     if train_source.num_examples < config.batch_size:
         raise UserError(f"the training split has {train_source.num_examples} examples, fewer "
                          f"than one batch ({config.batch_size}); lower --config.batch_size.")
-    method.validate(config, train_source.num_examples)
+    if method.needs_index and not train_source.random_access:
+        raise UserError(f"method {config.method} needs each example's index in the training "
+                        f"split (a per-example memory), which the streamed source "
+                        f"{config.dataset.name}:{config.dataset.train_split} cannot give; use a "
+                        f"random-access source (a folder, the embedded digits, or a TFDS dataset "
+                        f"small enough to be read into memory).")
+    ctx = make_context(config, train_source.num_examples, mesh)
+    method.validate(config, ctx)
     num_classes = train_source.num_classes or 0
     total_steps, warmup_steps, lr_schedule = make_schedules(config, train_source.num_examples)
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
@@ -214,11 +290,9 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
         return finished
 
     network = method.build_network(config, num_classes)
-    tx = optim.make_optimizer(config.optimizer, lr_schedule,
-                              frozen_mask=lambda p: frozen_param_mask(config.model, p),
-                              probe_lr_multiplier=config.probe.get("lr_multiplier", 1.0))
+    tx = make_optimizer(config, method, lr_schedule, ctx)
     init_rng = jax.random.PRNGKey(config.seed)
-    state = create_train_state(config, network, tx, method, mesh, init_rng)
+    state = create_train_state(config, network, tx, method, mesh, init_rng, ctx)
 
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
@@ -251,8 +325,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
                                         image_size=config.dataset.image_size, seed=config.seed,
                                         start_step=start_step, mesh=mesh)
     step_fn = jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
-                             lr_schedule=lr_schedule, total_steps=total_steps)
-    evaluator = make_knn_evaluator(config, mesh, network)
+                             lr_schedule=lr_schedule, ctx=ctx)
+    evaluator = make_knn_evaluator(config, mesh, method)
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
     hooks = [report]
@@ -271,8 +345,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
         for step in range(start_step, total_steps):
             batch = next(batches)
             if step == start_step == 0 and is_chief and config.get("log_images", True):
+                shown = [batch[v] for v in views_of(config)            # rows of one width
+                         if batch[v].shape == batch["view1"].shape]
                 writer.write_images(0, {"augmented_view_pairs": image_rows(
-                    (batch["view1"], batch["view2"]), config.aug.view1.normalize)})
+                    shown, config.aug.view1.normalize)})
             state, metrics = step_fn(state, batch)
             history.append(throttle(metrics))
             for hook in hooks:
@@ -297,7 +373,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             if evaluator and (done % config.eval.every_steps == 0 or at_end):
                 t0 = time.time()
                 with report.timed("eval"):
-                    knn_metrics = evaluator(state.params, state.batch_stats)
+                    knn_metrics = score_knn(evaluator, method, config, state)
                     neighbours = evaluator.neighbours_image()
                 paused += time.time() - t0
                 if is_chief and neighbours is not None and config.get("log_images", True):
@@ -322,13 +398,13 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
         # metrics were recorded before it; the learned encoder is scored again if they lack it.
         summary = workdir_lib.stored_event(workdir, "trained", final_step) or {}
         if evaluator and "knn_top1" not in summary:
-            summary.update(evaluator(state.params, state.batch_stats))
+            summary.update(score_knn(evaluator, method, config, state))
     elif final_step == total_steps:
         workdir_lib.record_metrics(workdir, "trained", {**summary, "step": final_step})
     if final_step == total_steps and evaluator and config.eval.get("knn_at_init", True):
-        init_state = create_train_state(config, network, tx, method, mesh, init_rng)
-        init_metrics = {f"{k}_init": v
-                        for k, v in evaluator(init_state.params, init_state.batch_stats).items()}
+        init_state = create_train_state(config, network, tx, method, mesh, init_rng, ctx)
+        init_metrics = {f"{k}_init": v for k, v in
+                        score_knn(evaluator, method, config, init_state).items()}
         writer.write_scalars(final_step, init_metrics)
         summary.update(init_metrics)
     writer.flush()

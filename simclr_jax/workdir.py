@@ -40,8 +40,9 @@ _LOCK_SETTLE_S = 0.2          # write, wait, read back: the last of two racing w
 
 # Config keys whose change alters the training state's structure or the data stream: a resumed
 # run with a different value would no longer be the run its checkpoints belong to.
-STATE_OR_DATA_KEYS = ("method", "seed", "batch_size", "model.", "head.", "predictor.", "moco.",
-                      "simclr.", "probe.", "dataset.", "aug.", "optimizer.name")
+# The methods add the prefixes of their own config sections (methods.state_config_keys()).
+STATE_OR_DATA_KEYS = ("method", "seed", "batch_size", "model.", "head.", "predictor.",
+                      "probe.", "dataset.", "aug.", "optimizer.name")
 # Where the data lives or how it is scored is not what it is.
 NOT_STATE_OR_DATA = ("dataset.data_dir", "dataset.knn_train_split", "dataset.knn_test_split",
                      "probe.lr_multiplier")
@@ -107,11 +108,12 @@ def _plain(config) -> dict:
 
 def stored_config(workdir) -> Optional[dict]:
     """The config of the latest start: from history.jsonl, or config.json of an older workdir."""
+    from simclr_jax.methods.legacy import migrate_config
     starts = [e for e in read_history(workdir) if e.get("event") == "start"]
     if starts:
-        return starts[-1]["config"]
+        return migrate_config(starts[-1]["config"])
     path = as_path(workdir) / CONFIG
-    return json.loads(path.read_text()) if path.exists() else None
+    return migrate_config(json.loads(path.read_text())) if path.exists() else None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -132,7 +134,9 @@ def config_changes(old: dict, new: dict) -> dict:
 
 
 def changes_state_or_data(key: str) -> bool:
-    return key.startswith(STATE_OR_DATA_KEYS) and not key.startswith(NOT_STATE_OR_DATA)
+    from simclr_jax.methods import state_config_keys
+    keys = STATE_OR_DATA_KEYS + state_config_keys()
+    return key.startswith(keys) and not key.startswith(NOT_STATE_OR_DATA)
 
 
 def check_resume(workdir, config, checkpoint_step: Optional[int]) -> dict:

@@ -7,7 +7,6 @@ import numpy as np
 from tiny_configs import load_config, random_batch, tiny
 
 from simclr_jax import optim, parallel, train
-from simclr_jax.methods import get_method
 
 # bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.4%); errors average out over a loss, so:
 LOSS_RTOL = 1e-2          # |loss_bf16 - loss_f32| / loss_f32
@@ -20,14 +19,9 @@ def setup(dtype):
     c.model.dtype = dtype
     c.lock()
     mesh = parallel.make_mesh()
-    method = get_method(c.method)
-    network = method.build_network(c, num_classes=10)
     schedule = optim.make_lr_schedule("constant", peak_lr=0.5, total_steps=10, warmup_steps=0,
                                       boundaries=(), steps_per_epoch=10)
-    tx = optim.make_optimizer(c.optimizer, schedule)
-    state = train.create_train_state(c, network, tx, method, mesh, jax.random.PRNGKey(0))
-    step = train.jit_train_step(mesh, method=method, network=network, config=c, tx=tx,
-                                lr_schedule=schedule, total_steps=10)
+    method, network, _, state, step, _ = train.build_step(c, mesh, schedule, 10)
     batch = parallel.to_global(mesh, random_batch(16, 16))
     return c, method, network, state, step, batch
 
@@ -59,7 +53,7 @@ def test_bf16_matches_float32_within_tolerance_and_keeps_float32_where_it_matter
 
     # The backbone's convolutions compute in bf16 (inputs and kernels), and only there.
     rng = jax.random.PRNGKey(1)
-    loss_of = lambda m, n, c, s: (lambda p: m.compute_loss(n, c, p, s, batch, rng)[0])
+    loss_of = lambda m, n, c, s: (lambda p: m.compute_loss(n, c, p, s, batch, rng, None)[0])
     convs16 = conv_dtypes(jax.make_jaxpr(loss_of(m16, n16, c16, s16))(s16.params).jaxpr)
     convs32 = conv_dtypes(jax.make_jaxpr(loss_of(m32, n32, c32, s32))(s32.params).jaxpr)
     assert convs16 and all(d == ("bfloat16", "bfloat16") for d in convs16), convs16

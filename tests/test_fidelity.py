@@ -29,7 +29,7 @@ def test_moco_colab_preset_is_the_colab(preset, symmetric):
     assert (c.model.conv_init, c.model.zero_init_residual, c.model.shortcut) == (
         "torchvision", False, "on_shape_change")
     assert c.batch_size // c.model.bn_group_size == COLAB["bn_splits"]
-    assert (c.head.kind, c.head.out_dim) == ("moco_v1", COLAB["moco_dim"])  # Linear(512, 128)
+    assert (c.head.kind, c.head.out_dim) == ("linear", COLAB["moco_dim"])  # Linear(512, 128)
     assert c.moco.shuffle_bn and c.moco.queue_size == COLAB["moco_k"]
     assert (c.ema.base, c.ema.schedule) == (COLAB["moco_m"], "constant")
     assert c.loss.temperature == COLAB["moco_t"]

@@ -4,7 +4,6 @@ import numpy as np
 from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
-from simclr_jax.methods import get_method
 
 
 def _log_softmax(x):
@@ -29,16 +28,10 @@ def reference_nt_xent(z1, z2, temperature):
 
 def test_logged_loss_is_the_method_loss_and_total_adds_the_probe():
     config = tiny("quickstart.py", batch_size=8, image_size=16)
-    method = get_method(config.method)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    network = method.build_network(config, num_classes=10)
-    tx = optim.make_optimizer(config.optimizer, 0.1)
-    state = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
+    _, network, _, state, step, _ = train.build_step(config, mesh, lambda _: 0.1, 10)
     batch = random_batch(8, 16, seed=3)
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-
-    step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
-                                lr_schedule=lambda _: 0.1, total_steps=10)
     _, metrics = step(state, parallel.to_global(mesh, batch))
 
     x = np.concatenate([batch["view1"], batch["view2"]])             # [2B, S, S, 3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_configs import random_batch, tiny
 
-from simclr_jax import optim, parallel, train
+from simclr_jax import parallel, train
 from simclr_jax.methods import get_method
 from simclr_jax.methods.moco import batch_shuffle, enqueue
 
@@ -26,14 +26,15 @@ def numpy_fifo(K, D, key_batches):
 def test_enqueue_matches_numpy_fifo_with_wraparound(K, B, steps):
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(B, 3)).astype(np.float32) for _ in range(steps)]
-    queue, ptr, filled = jnp.zeros((K, 3)), jnp.int32(0), jnp.int32(0)
+    state = {"queue": jnp.zeros((K, 3)), "queue_ptr": jnp.int32(0),
+             "queue_filled": jnp.int32(0)}
     step = jax.jit(enqueue)
     for keys in batches:
-        queue, ptr, filled = step(queue, ptr, filled, jnp.asarray(keys))
+        state = step(state, jnp.asarray(keys))
     ref_queue, ref_ptr = numpy_fifo(K, 3, batches)
-    np.testing.assert_array_equal(np.asarray(queue), ref_queue)
-    assert int(ptr) == ref_ptr
-    assert int(filled) == min(K, B * steps)
+    np.testing.assert_array_equal(np.asarray(state["queue"]), ref_queue)
+    assert int(state["queue_ptr"]) == ref_ptr
+    assert int(state["queue_filled"]) == min(K, B * steps)
 
 
 # ----------------------------------------------------------------------------- shuffle BN
@@ -49,20 +50,17 @@ def _moco(group_size, **moco):
     for name, value in moco.items():
         config.moco[name] = value
     config.lock()
-    method = get_method("moco")
-    network = method.build_network(config, num_classes=10)
-    tx = optim.make_optimizer(config.optimizer, 0.1)
-    state = train.create_train_state(config, network, tx, method, parallel.make_mesh(
-        jax.devices()[:1]), jax.random.PRNGKey(0))
+    _, network, _, state, _, _ = train.build_step(config, parallel.make_mesh(jax.devices()[:1]),
+                                                  lambda _: 0.1, total_steps=10)
     return config, network, state
 
 
 def _keys_and_loss(config, network, state, batch, seed=1):
     """The keys the step enqueues (rows [0, n) of the new queue) and its contrastive loss."""
     def f(state, batch):
-        _, (_, extras, metrics) = get_method("moco").compute_loss(
-            network, config, state.params, state, batch, jax.random.PRNGKey(seed))
-        return extras["queue"], metrics["loss"]
+        _, (_, method_state, metrics) = get_method("moco").compute_loss(
+            network, config, state.params, state, batch, jax.random.PRNGKey(seed), None)
+        return method_state["queue"], metrics["loss"]
     queue, loss = jax.jit(f)(state, jax.tree.map(jnp.asarray, batch))
     return np.asarray(queue), float(loss)
 
@@ -135,7 +133,7 @@ def test_symmetric_loss_is_both_directions_and_queues_both_views(group_bn_moco):
     assert l_sym == pytest.approx(l_12 + l_21, rel=1e-5)
     np.testing.assert_allclose(q_sym[:B], q_21[:B], atol=2e-6)             # k1
     np.testing.assert_allclose(q_sym[B:2 * B], q_12[:B], atol=2e-6)        # k2
-    np.testing.assert_allclose(q_sym[2 * B:], np.asarray(state.queue)[2 * B:])
+    np.testing.assert_allclose(q_sym[2 * B:], np.asarray(state.method_state["queue"])[2 * B:])
 
 
 def test_symmetric_queue_must_hold_whole_steps_of_keys():
@@ -143,4 +141,4 @@ def test_symmetric_queue_must_hold_whole_steps_of_keys():
     config.unlock()
     config.moco.symmetric, config.moco.queue_size = True, 3 * B
     with pytest.raises(ValueError, match="multiple of 2 x batch_size=32"):
-        get_method("moco").validate(config, num_train_examples=1000)
+        get_method("moco").validate(config, train.make_context(config, 1000))

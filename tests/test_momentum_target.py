@@ -7,7 +7,7 @@ import pytest
 from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
-from simclr_jax.methods import common, get_method
+from simclr_jax.methods import common
 
 
 def reference_momentum(config, k, total):
@@ -27,30 +27,28 @@ def reference_momentum(config, k, total):
 def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset, momentum_step):
     config = tiny(file, preset, batch_size=16, image_size=16)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    method = get_method(config.method)
-    network = method.build_network(config, num_classes=10)
     total = 10
     schedule = optim.make_lr_schedule("constant", peak_lr=0.05, total_steps=total)
-    tx = optim.make_optimizer(config.optimizer, schedule)
-    state = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
+    method, network, tx, state, step, ctx = train.build_step(config, mesh, schedule, total)
     # Make the target differ from the online network so the EMA is visible.
-    state = state.replace(target_params=jax.tree.map(lambda t: t + 0.01, state.target_params))
+    ms = state.method_state
+    state = state.replace(method_state={
+        **ms, "target_params": jax.tree.map(lambda t: t + 0.01, ms["target_params"])})
     batch = parallel.to_global(mesh, random_batch(16, 16))
     rng = jax.random.PRNGKey(1)
 
     @jax.jit
     def grad_wrt_target(target_params):
         def loss(tp):
-            return method.compute_loss(network, config, state.params,
-                                       state.replace(target_params=tp), batch, rng)[0]
+            moved = state.replace(method_state={**state.method_state, "target_params": tp})
+            return method.compute_loss(network, config, state.params, moved, batch, rng,
+                                       ctx)[0]
         return jax.grad(loss)(target_params)
 
-    for g in jax.tree.leaves(grad_wrt_target(state.target_params)):
+    for g in jax.tree.leaves(grad_wrt_target(state.method_state["target_params"])):
         assert np.all(np.asarray(g) == 0.0)
 
-    old_target = jax.device_get(state.target_params)
-    step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
-                                lr_schedule=schedule, total_steps=total)
+    old_target = jax.device_get(state.method_state["target_params"])
     new, metrics = step(state, batch)
     new = jax.device_get(new)
     m = reference_momentum(config, momentum_step, total)
@@ -59,7 +57,7 @@ def test_target_gets_no_gradient_and_moves_only_by_ema(file, preset, momentum_st
     # Hand computation, leaf by leaf in float64, then compared at float32 precision.
     flat_old, tree = jax.tree.flatten(old_target)
     flat_online = jax.tree.leaves(online)
-    flat_new = jax.tree.leaves(new.target_params)
+    flat_new = jax.tree.leaves(new.method_state["target_params"])
     assert len(flat_old) == len(flat_online) == len(flat_new)
     for t0, o, t1 in zip(flat_old, flat_online, flat_new):
         expected = m * np.asarray(t0, np.float64) + (1 - m) * np.asarray(o, np.float64)

@@ -10,7 +10,6 @@ from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
 from simclr_jax.config_validation import validate_config
-from simclr_jax.methods import get_method
 
 PRESETS = [("quickstart.py", None)]
 for file, names in {
@@ -33,19 +32,15 @@ def test_preset_builds_and_runs_two_steps(file, preset):
     (tests/test_train_step_parity.py covers 8 devices against 1)."""
     config = tiny(file, preset, batch_size=8, image_size=16)
     validate_config(config)
-    method = get_method(config.method)
-    method.validate(config, num_train_examples=1438)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    network = method.build_network(config, num_classes=10)
     schedule = optim.make_lr_schedule(config.lr_schedule, peak_lr=0.1, total_steps=100,
                                       warmup_steps=0,
                                       boundaries=tuple(config.lr_boundaries_epochs),
                                       steps_per_epoch=1)
-    tx = optim.make_optimizer(config.optimizer, schedule)
-    state = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
+    method, _, _, state, step, ctx = train.build_step(config, mesh, schedule, 100,
+                                                      num_train_examples=1438)
+    method.validate(config, ctx)
     before = jax.device_get(state.params)
-    step = train.jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
-                                lr_schedule=schedule, total_steps=100)
     losses = []
     for seed in range(2):
         state, metrics = step(state, parallel.to_global(mesh, random_batch(8, 16, seed=seed)))
@@ -64,11 +59,7 @@ def test_vit_preset_runs_two_steps_and_keeps_patch_projection_frozen(tmp_path, f
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
     from simclr_jax import checkpoint
     after = checkpoint.restore_arrays(str(tmp_path))
-    mesh = parallel.make_mesh()
-    method = get_method(config.method)
-    network = method.build_network(config, num_classes=10)
-    tx = optim.make_optimizer(config.optimizer, 0.1)
-    before = train.create_train_state(config, network, tx, method, mesh, jax.random.PRNGKey(0))
+    _, _, _, before, _, _ = train.build_step(config, parallel.make_mesh(), lambda _: 0.1, 10)
     b, a = before.params["backbone"], after["params"]["backbone"]
     np.testing.assert_array_equal(np.asarray(b["patch_embed"]["kernel"]),
                                   np.asarray(a["patch_embed"]["kernel"]))

@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from simclr_jax.config_base import load_config_file, runlocal
+from simclr_jax.methods import get_method, views_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,12 +20,9 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
     c = runlocal(c)
     c.dataset.image_size = image_size
     c.batch_size, c.num_steps = batch_size, steps
-    if c.method == "moco":
-        c.moco.queue_size = 4 * batch_size
-    if c.method == "simclr" and c.simclr.memory:
-        c.simclr.memory_size = 4 * 2 * batch_size
-    for v in (c.aug.view1, c.aug.view2):
-        v.blur_prob = min(v.blur_prob, 0.5)
+    get_method(c.method).runlocal(c)          # the method's queue/bank sizes for this batch
+    for name in views_of(c):
+        c.aug[name].blur_prob = min(c.aug[name].blur_prob, 0.5)
     c.eval.every_steps = 1000
     c.eval.knn_at_init = False
     c.log_every_steps = 1
@@ -38,9 +36,12 @@ def tiny(method_file="quickstart.py", preset=None, **kw):
     return shrink(load_config(method_file, preset), **kw)
 
 
-def random_batch(B, S, seed=0):
-    """A pretraining batch of uniform noise: two [B, S, S, 3] views and labels in [0, 10)."""
+def random_batch(B, S, seed=0, num_views=2):
+    """A pretraining batch of uniform noise: [B, S, S, 3] views, labels in [0, 10) and each
+    example's index in a training split of 1000."""
     rng = np.random.default_rng(seed)
-    return {"view1": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
-            "view2": rng.uniform(size=(B, S, S, 3)).astype(np.float32),
-            "label": rng.integers(0, 10, size=(B,)).astype(np.int32)}
+    batch = {f"view{v + 1}": rng.uniform(size=(B, S, S, 3)).astype(np.float32)
+             for v in range(num_views)}
+    batch["label"] = rng.integers(0, 10, size=(B,)).astype(np.int32)
+    batch["index"] = rng.permutation(1000)[:B].astype(np.int32)
+    return batch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import ml_collections
+from ml_collections import config_dict
 from simclr_jax.data import normalization
 from simclr_jax.errors import UserError
 
@@ -20,8 +21,11 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
          brightness_mode: str = "multiplicative", contrast: float = 0.8, saturation: float = 0.8,
          hue: float = 0.2, grayscale_prob: float = 0.2, grayscale_first: bool = False,
          blur_prob: float = 0.0, blur_sigma_min: float = 0.1, blur_sigma_max: float = 2.0,
-         solarize_prob: float = 0.0, normalize: str = "none") -> ml_collections.ConfigDict:
-    """One view's policy with every field spelled out (floats stay floats for type checks)."""
+         solarize_prob: float = 0.0, normalize: str = "none",
+         image_size: int | None = None) -> ml_collections.ConfigDict:
+    """One view's policy with every field spelled out (floats stay floats for type checks).
+    image_size: this view's output size; None = the dataset's `image_size` (multi-crop methods
+    give their small crops their own size)."""
     cfg = ml_collections.ConfigDict(dict(
         crop_area_min=float(crop_area_min), crop_area_max=float(crop_area_max),
         crop_aspect_min=float(crop_aspect_min), crop_aspect_max=float(crop_aspect_max),
@@ -31,7 +35,9 @@ def view(*, crop_area_min: float = 0.08, crop_area_max: float = 1.0,
         saturation=float(saturation), hue=float(hue), grayscale_prob=float(grayscale_prob),
         grayscale_first=bool(grayscale_first), blur_prob=float(blur_prob),
         blur_sigma_min=float(blur_sigma_min), blur_sigma_max=float(blur_sigma_max),
-        solarize_prob=float(solarize_prob), normalize=str(normalize)))
+        solarize_prob=float(solarize_prob), normalize=str(normalize),
+        image_size=config_dict.placeholder(int)))
+    cfg.image_size = image_size
     check_view("view", cfg)
     return cfg
 
@@ -72,6 +78,10 @@ def check_view(name: str, view) -> None:
     if not 0.0 < view.blur_sigma_min <= view.blur_sigma_max:
         fail(f"blur_sigma_min/max=({view.blur_sigma_min}, {view.blur_sigma_max}): need "
              f"0 < min <= max.")
+    size = view.get("image_size")
+    if size is not None and size < 1:
+        fail(f"image_size={size}: give a positive size in pixels (or leave it unset for the "
+             f"dataset's image_size).")
 
 
 def simclr(strength: float = 1.0, blur_prob: float = 0.5,

@@ -316,16 +316,19 @@ def _after_crop(crop, view_cfg, image_size: int, draws, host_only: bool = False)
     return normalize(x, view_cfg.normalize)
 
 
-def augment_views(image, view_cfgs, image_size: int, draws, host_only: bool = False) -> list:
+def augment_views(image, view_cfgs, image_size, draws, host_only: bool = False) -> list:
     """uint8 [H, W, 3] -> one view per entry of `view_cfgs`, view k drawn with draws[k]
-    (float32 [V, NUM_DRAWS]): float32 [S, S, 3] each, uint8 with `host_only` (crop, resize and
-    flip only). The image is decoded once for all views; their windows are computed together."""
+    (float32 [V, NUM_DRAWS]): float32 [S_k, S_k, 3] each (image_size: one size for all views or
+    a list, one per view), uint8 with `host_only` (crop, resize and flip only). The image is
+    decoded once for all views; their windows are computed together."""
+    sizes = list(image_size) if isinstance(image_size, (list, tuple)) else (
+        [image_size] * len(view_cfgs))
     shape = tf.shape(image)
     ys, xs, hs, ws = crop_windows(shape[0], shape[1], view_cfgs, draws)
     views = []
     for k, cfg in enumerate(view_cfgs):
         crop = tf.slice(image, tf.stack([ys[k], xs[k], 0]), tf.stack([hs[k], ws[k], 3]))
-        views.append(_after_crop(crop, cfg, image_size, draws[k], host_only))
+        views.append(_after_crop(crop, cfg, sizes[k], draws[k], host_only))
     return views
 
 

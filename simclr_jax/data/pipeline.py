@@ -79,16 +79,18 @@ def _draws(seed: int, g, global_batch: int, num_views: int):
     return tf.gather(table, g % global_batch)
 
 
-def _example_fn(source: sources.Source, view_cfgs, image_size: int, host_only: bool):
-    """(record, label, draws [V, NUM_DRAWS]) -> {"view1": ..., "label": ...}: decode the
-    record once, then crop, resize and flip each view, and apply its colour ops unless
-    `host_only` (then the views are uint8 and augment_jax finishes them on the device)."""
+def _example_fn(source: sources.Source, view_cfgs, image_sizes: list, host_only: bool):
+    """(record, label, draws [V, NUM_DRAWS], index) -> {"view1": ..., "label", "index"}:
+    decode the record once, then crop, resize and flip each view (view k to image_sizes[k]),
+    and apply its colour ops unless `host_only` (then the views are uint8 and augment_jax
+    finishes them on the device)."""
     @tf.autograph.experimental.do_not_convert  # plain graph code (tf.cond where needed)
-    def make(record, label, draws):
-        views = augment_tf.augment_views(source.read(record), view_cfgs, image_size, draws,
+    def make(record, label, draws, index):
+        views = augment_tf.augment_views(source.read(record), view_cfgs, image_sizes, draws,
                                          host_only)
         out = {f"view{k + 1}": view for k, view in enumerate(views)}
         out["label"] = label
+        out["index"] = index
         return out
 
     return make
@@ -121,22 +123,36 @@ def _records(source: sources.Source) -> _InMemoryRecords:
     return _RECORDS[source]
 
 
-def _view_configs(aug_cfg, num_views: int) -> list:
+def _view_configs(aug_cfg, num_views: Optional[int]) -> list:
+    """aug.view1..viewV (every configured view when num_views is None)."""
+    if num_views is None:
+        num_views = sum(1 for k in aug_cfg.keys() if k.startswith("view") and k[4:].isdigit())
+    if num_views < 1:
+        raise UserError("the aug config has no view: add aug.view1 (aug_presets.two_views or "
+                        "the method's config file builds them).")
     cfgs = []
     for k in range(1, num_views + 1):
         if f"view{k}" not in aug_cfg:
-            raise ValueError(f"aug config has no 'view{k}' (needed for num_views={num_views}); "
-                             f"build it with aug_presets.two_views(...).")
+            raise UserError(f"the aug config has no 'view{k}' (views must be numbered view1, "
+                            f"view2, ... without gaps).")
         cfgs.append(aug_cfg[f"view{k}"])
     return cfgs
 
 
+def view_sizes(view_cfgs, image_size: int) -> list:
+    """Each view's output size: its own `image_size` when set, else the dataset's."""
+    return [int(cfg.get("image_size") or image_size) for cfg in view_cfgs]
+
+
 def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
                      image_size: int, seed: int, start_step: int = 0, mesh,
-                     num_views: int = 2,
+                     num_views: Optional[int] = None,
                      shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> Iterator[dict]:
-    """Infinite iterator of {"view1".."viewK": f32 [B, S, S, 3], "label": int32 [B]} global
-    arrays; view k is drawn with aug_cfg.view{k}. Deterministic given (seed, start_step).
+    """Infinite iterator of {"view1".."viewV": f32 [B, S_v, S_v, 3], "label": int32 [B],
+    "index": int32 [B]} global arrays; view v is drawn with aug_cfg.view{v} at its own size
+    (aug_cfg.view{v}.image_size, default `image_size`); V = every configured view unless
+    num_views is given. "index" is the example's position in the split (-1 on streamed
+    sources). Deterministic given (seed, start_step).
     With aug_cfg.on_device the views are uint8, only cropped, resized and flipped: the train
     step finishes them with `augment_jax.augment_batch`."""
     parallel.check_batch_divisible(global_batch_size, mesh)
@@ -148,7 +164,8 @@ def pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
 
 
 def local_pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size: int,
-                           image_size: int, seed: int, start_step: int = 0, num_views: int = 2,
+                           image_size: int, seed: int, start_step: int = 0,
+                           num_views: Optional[int] = None,
                            process_index: int = 0, process_count: int = 1,
                            shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> Iterator[dict]:
     """Process `process_index` of `process_count`'s rows of every global batch, as numpy."""
@@ -157,13 +174,15 @@ def local_pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size
                         f"fewer than one global batch of {global_batch_size}; lower the batch "
                         f"size.")
     view_cfgs = _view_configs(aug_cfg, num_views)
+    num_views = len(view_cfgs)
     pi, pc = process_index, process_count
     local_batch = global_batch_size // pc
     to_global = functools.partial(_global_index, local_batch=local_batch,
                                   global_batch=global_batch_size, process_index=pi)
     draws = functools.partial(_draws, seed, global_batch=global_batch_size,
                               num_views=num_views)
-    make = _example_fn(source, view_cfgs, image_size, bool(aug_cfg.get("on_device")))
+    make = _example_fn(source, view_cfgs, view_sizes(view_cfgs, image_size),
+                       bool(aug_cfg.get("on_device")))
     if source.random_access:
         return _random_access_pretrain(source, make, draws, local_batch, seed, int(start_step),
                                        to_global)
@@ -172,7 +191,8 @@ def local_pretrain_batches(source: sources.Source, aug_cfg, *, global_batch_size
 
 
 def _augmented(ds, make, local_batch: int):
-    """Batches of (records, labels, draws) -> per-example views (parallel) -> numpy batches."""
+    """Batches of (records, labels, draws, indices) -> per-example views (parallel) -> numpy
+    batches."""
     ds = ds.unbatch().map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options()).as_numpy_iterator()
@@ -185,14 +205,15 @@ def _random_access_pretrain(source, make, draws, local_batch, seed, start_step, 
     records = _records(source)
     epoch_key = tf.constant([seed, 0], tf.int64)
 
-    def plan(step):  # -> this process's (records, labels, draws) of global batch `step`
+    def plan(step):  # -> this process's (records, labels, draws, indices) of batch `step`
         g = to_global(step * local_batch + tf.range(local_batch, dtype=tf.int64))   # [b]
         epoch = g // n        # a global batch holds at most n examples: two epochs at most
         shuffled = [tf.random.experimental.index_shuffle(
             g % n, tf.random.experimental.stateless_fold_in(epoch_key, epoch[0] + i), n - 1)
             for i in (0, 1)]
-        recs, labels = records.gather(tf.where(epoch == epoch[0], *shuffled))
-        return recs, labels, draws(g)
+        positions = tf.where(epoch == epoch[0], *shuffled)                          # [b]
+        recs, labels = records.gather(positions)
+        return recs, labels, draws(g), tf.cast(positions, tf.int32)
 
     return _augmented(tf.data.Dataset.range(start_step, _NO_END).map(plan), make, local_batch)
 
@@ -225,7 +246,8 @@ def _streamed_pretrain(source, make, draws, local_batch, seed, start, pi, pc, to
         if epoch == epoch0 and offset:
             ds = ds.skip(offset)  # raw records only: nothing decoded or augmented
         ds = ds.batch(local_batch, drop_remainder=True).map(
-            lambda j, ex: (ex["image"], ex["label"], draws(to_global(j))))
+            lambda j, ex: (ex["image"], ex["label"], draws(to_global(j)),
+                           tf.fill([tf.shape(j)[0]], -1)))   # no index on a stream
         yield from _augmented(ds, make, local_batch)
 
 

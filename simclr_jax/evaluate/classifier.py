@@ -83,29 +83,47 @@ def projector_prefix(projector: MLPHead, k: int):
 
 def describe(model_cfg, *, num_classes: int, image_size: int, normalize: str,
              ft_proj_selector: int = 0, head_cfg=None, predictor_cfg=None, zero_init=False,
-             extra: Optional[dict] = None) -> dict:
-    """The JSON-able description `build` rebuilds a Classifier from (written to classifier.json)."""
+             pretraining=None, extra: Optional[dict] = None) -> dict:
+    """The JSON-able description `build` rebuilds a Classifier from (written to classifier.json).
+
+    pretraining: the pretraining config whose method's encoder (methods.EncoderSpec) is the
+    backbone; None for a plain `model_cfg` backbone (a distillation student)."""
     as_dict = lambda c: None if c is None else (c.to_dict() if hasattr(c, "to_dict") else dict(c))
     meta = {"model": as_dict(model_cfg), "head": as_dict(head_cfg),
             "predictor": as_dict(predictor_cfg), "ft_proj_selector": int(ft_proj_selector),
             "num_classes": int(num_classes), "zero_init": bool(zero_init),
-            "image_size": int(image_size), "normalize": str(normalize)}
+            "image_size": int(image_size), "normalize": str(normalize),
+            "pretraining": as_dict(pretraining)}
     meta.update(extra or {})
     return meta
 
 
+def _encoder_and_projector(meta: dict, with_projector: bool):
+    """(backbone module, full pretrained projector or None) as pretraining built them."""
+    from simclr_jax.methods.legacy import migrate_config
+    pre = meta.get("pretraining")
+    if pre:   # the method's encoder, with the classifier's model settings (e.g. global BN)
+        from simclr_jax.methods import get_method
+        pre = ml_collections.ConfigDict({**migrate_config(pre), "model": meta["model"]})
+        method = get_method(pre.method)
+        projector = method.build_network(pre, 0).projector if with_projector else None
+        return method.encoder(pre).backbone, projector
+    backbone = build_backbone(ml_collections.ConfigDict(meta["model"]))
+    if not with_projector:
+        return backbone, None
+    from simclr_jax.models import heads   # a classifier.json written before `pretraining`
+    old = migrate_config({"head": meta["head"]})
+    projector, _ = heads.build_heads(ml_collections.ConfigDict(old["head"]),
+                                     ml_collections.ConfigDict(meta.get("predictor") or {}),
+                                     backbone.num_features, meta["model"].get("bn_group_size"))
+    return backbone, projector
+
+
 def build(meta: dict) -> Classifier:
     """Classifier module from a `describe` dict."""
-    model_cfg = ml_collections.ConfigDict(meta["model"])
-    backbone = build_backbone(model_cfg)
-    projector, relu = None, False
     k = int(meta.get("ft_proj_selector", 0))
-    if k > 0:
-        from simclr_jax.methods import common  # heads exactly as pretraining built them
-        cfg = ml_collections.ConfigDict({"model": meta["model"], "head": meta["head"],
-                                         "predictor": meta.get("predictor") or {}})
-        full, _ = common.build_heads(cfg, backbone.num_features)
-        projector, relu = projector_prefix(full, k)
+    backbone, full = _encoder_and_projector(meta, with_projector=k > 0)
+    projector, relu = projector_prefix(full, k) if k > 0 else (None, False)
     return Classifier(backbone=backbone, projector=projector, projector_relu=relu,
                       num_classes=int(meta["num_classes"]), zero_init=bool(meta["zero_init"]))
 
@@ -178,12 +196,21 @@ def load_pretraining(workdir: str, step: Optional[int] = None):
     if not workdir:
         raise UserError("set --config.init_from=<pretraining workdir> (the --workdir of a "
                          "pretraining run).")
-    config = ml_collections.ConfigDict(_read_json(
-        workdir, "config.json", "pass the --workdir of a pretraining run as --config.init_from."))
+    from simclr_jax.methods.legacy import migrate_config
+    config = ml_collections.ConfigDict(migrate_config(_read_json(
+        workdir, "config.json", "pass the --workdir of a pretraining run as --config.init_from.")))
     if config.get("mode", "pretrain") != "pretrain":
         raise UserError(f"{workdir!r} holds a {config.mode!r} run, not a pretraining run; "
                          f"--config.init_from needs a pretraining workdir.")
-    return config, checkpoint.restore_arrays(workdir, step)
+    return config, encoder_arrays(config, checkpoint.restore_arrays(workdir, step))
+
+
+def encoder_arrays(config, arrays: dict) -> dict:
+    """A pretraining checkpoint's arrays as its method's encoder sees them: params and
+    batch_stats in the online network's naming (methods.EncoderSpec.variables), plus the step."""
+    from simclr_jax.methods import get_method
+    variables = get_method(config.method).encoder(config).variables(arrays)
+    return {**variables, "step": arrays["step"]}
 
 
 def load(workdir: str, step: Optional[int] = None):

@@ -93,7 +93,7 @@ def run(config, workdir: str) -> dict:
     meta = clf.describe(model_cfg, num_classes=full.num_classes, image_size=ds.image_size,
                         normalize=normalize, ft_proj_selector=ft.ft_proj_selector,
                         head_cfg=pre.head, predictor_cfg=pre.get("predictor"),
-                        zero_init=config.classifier.zero_init,
+                        zero_init=config.classifier.zero_init, pretraining=pre,
                         extra={"protocol": "finetune", "init_from": config.init_from,
                                "dataset": ds.to_dict(),
                                "pretrain_dataset": pre.dataset.to_dict()})

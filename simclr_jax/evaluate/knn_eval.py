@@ -15,7 +15,7 @@ from simclr_jax import parallel
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import knn, supervised
-from simclr_jax.methods import get_method
+from simclr_jax.methods import encoder_network, get_method
 from simclr_jax.errors import UserError
 
 RESULTS = "knn_eval.json"
@@ -53,17 +53,15 @@ def run(config, workdir: str) -> dict:
     resolved = resolve(config, pre)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(resolved.eval.batch_size, mesh, "eval.batch_size")
-    network = get_method(pre.method).build_network(pre, 0)   # encode(): backbone (+ projector)
+    network = encoder_network(get_method(pre.method), pre)   # the method's encoder
     ds, ev = resolved.dataset, resolved.eval
     evaluator = knn.KnnEvaluator(
         network, mesh, bank=sources.get_source(ds.name, ds.knn_train_split, ds.data_dir),
         test=sources.get_source(ds.name, ds.knn_test_split, ds.data_dir),
         image_size=ds.image_size, batch_size=ev.batch_size, k=ev.knn_k,
         temperature=ev.knn_temperature, normalize=resolved.normalize)
-    used = ("backbone", "projector")
-    params = parallel.replicate(mesh, {k: v for k, v in arrays["params"].items() if k in used})
-    stats = parallel.replicate(mesh, {k: v for k, v in arrays.get("batch_stats", {}).items()
-                                      if k in used})
+    params = parallel.replicate(mesh, arrays["params"])       # load_pretraining: the encoder's
+    stats = parallel.replicate(mesh, arrays.get("batch_stats", {}))
     results = evaluator(params, stats)
     results.update({"step": int(arrays["step"]), "init_from": config.init_from,
                     "dataset": resolved.dataset.name,

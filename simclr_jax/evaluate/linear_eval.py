@@ -53,7 +53,7 @@ def run(config, workdir: str) -> dict:
 
     meta = clf.describe(pre.model, num_classes=train_source.num_classes,
                         image_size=ds.image_size, normalize=normalize,
-                        zero_init=config.classifier.zero_init,
+                        zero_init=config.classifier.zero_init, pretraining=pre,
                         extra={"protocol": "linear_eval", "init_from": config.init_from,
                                "dataset": ds.to_dict(),
                                "pretrain_dataset": pre.dataset.to_dict()})

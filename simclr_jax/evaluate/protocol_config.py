@@ -13,10 +13,12 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from simclr_jax import methods
 from simclr_jax.config_base import base_config
 from simclr_jax.data import aug_presets
 
-PRETRAINING_ONLY = ("method", "head", "predictor", "ema", "moco", "loss", "probe",
+# (plus every method's own config section: methods.config_sections())
+PRETRAINING_ONLY = ("method", "head", "predictor", "ema", "loss", "probe",
                     "log_images", "guard", "allow_config_change", "profile_first_step",
                     "profile_num_steps")
 
@@ -47,7 +49,8 @@ def protocol_config(mode: str, *, keep_model: bool = False) -> ml_collections.Co
     c.mode = mode
     c.init_from = config_dict.placeholder(str)   # pretraining workdir (linear_eval, finetune)
     c.init_step = config_dict.placeholder(int)   # its checkpoint step (None: latest)
-    for key in PRETRAINING_ONLY + (() if keep_model else ("model",)):
+    own = tuple(methods.config_sections())
+    for key in PRETRAINING_ONLY + own + (() if keep_model else ("model",)):
         del c[key]
     c.dataset = dataset_fields()
     c.aug = crop_flip_aug()

@@ -1,4 +1,5 @@
-"""Pieces every method shares: the online probe loss and applying the network with BN updates."""
+"""Pieces several methods share: the forward pass with BN updates, the online probe, the EMA
+(momentum) target network, and the network builder of the projector/predictor methods."""
 from __future__ import annotations
 
 import jax
@@ -31,33 +32,27 @@ def probe_loss(out: dict, labels: jnp.ndarray, num_views: int):
     return loss, {"probe_loss": loss, "probe_acc": acc}
 
 
-# ----------------------------------------------------------------------------- heads
+# ----------------------------------------------------------------------------- network
 
-def build_heads(config, num_features: int):
-    """(projector, predictor or None) for config.head.kind; sizes from config.head / predictor."""
-    from simclr_jax.models import heads  # local: models import flax only
+def build_ssl_network(config, num_classes: int, *, needs_predictor: bool = False,
+                      method_name: str = ""):
+    """backbone -> projector (-> predictor) from config.model / head / predictor."""
+    from simclr_jax.methods.network import SSLNetwork
+    from simclr_jax.models import build_backbone, heads
 
-    h, kind = config.head, config.head.get("kind", "simclr")
-    hidden = h.hidden_dim if h.hidden_dim > 0 else num_features
-    group = config.model.get("bn_group_size")
-    if kind == "simclr":
-        return heads.simclr_projector(num_layers=h.num_layers, hidden_dim=hidden,
-                                      out_dim=h.out_dim, bn_group_size=group), None
-    if kind == "moco_v1":
-        return heads.moco_v1_head(out_dim=h.out_dim), None
-    if kind == "moco_v2":
-        return heads.moco_v2_head(hidden_dim=hidden, out_dim=h.out_dim), None
-    p = config.predictor
-    if kind == "moco_v3":
-        return (heads.moco_v3_projector(hidden_dim=hidden, out_dim=h.out_dim,
-                                        num_layers=h.num_layers, bn_group_size=group),
-                heads.moco_v3_predictor(hidden_dim=p.hidden_dim, out_dim=h.out_dim,
-                                        last_bn=p.get("last_bn", False), bn_group_size=group))
-    if kind == "byol":
-        return (heads.byol_projector(hidden_dim=hidden, out_dim=h.out_dim, bn_group_size=group),
-                heads.byol_predictor(hidden_dim=p.hidden_dim, out_dim=h.out_dim,
-                                     bn_group_size=group))
-    raise UserError(f"unknown head.kind {kind!r}; valid: simclr, moco_v1, moco_v2, moco_v3, byol")
+    backbone = build_backbone(config.model)
+    projector, predictor = heads.build_heads(config.head, config.predictor,
+                                             backbone.num_features,
+                                             config.model.get("bn_group_size"))
+    if needs_predictor and predictor is None:
+        raise UserError(f"method {method_name} needs a predictor, which head.kind="
+                        f"{config.head.kind!r} does not have: set --config.head.kind to "
+                        f"bn_mlp_nonaffine or bn_mlp_biased (or use the method's config file).")
+    if not needs_predictor:
+        predictor = None
+    return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
+                      num_classes=num_classes if config.probe.enabled else 0,
+                      knn_features=config.eval.get("knn_features", "backbone"))
 
 
 # ----------------------------------------------------------------------------- momentum target
@@ -84,28 +79,28 @@ def ema_momentum(config, step, total_steps):
 
 
 def ema_update(config, state, total_steps, momentum_of_next_step: bool = False):
-    """After the optimizer step k: target <- m * target + (1 - m) * online (parameters only).
+    """After optimizer step k: target <- m * target + (1 - m) * online (parameters only).
 
     m = m_k by default: BYOL updates the target right after optimizer step k with tau_k (MoCo
     v1/v2's constant m makes the timing moot: their update at the start of the next forward
     pass uses the same online parameters). `momentum_of_next_step=True` gives m_{k+1}: MoCo v3
     computes the momentum of iteration k+1 and updates the key encoder just before its keys.
+    Returns (state, {"ema_momentum": the m applied}).
     """
     from simclr_jax.state import ema
     k = state.step if momentum_of_next_step else state.step - 1     # state.step = k + 1 here
     m = ema_momentum(config, k, total_steps)
-    return state.replace(target_params=ema(state.target_params, target_subtree(state.params), m))
+    ms = state.method_state
+    target = ema(ms["target_params"], target_subtree(state.params), m)
+    return state.replace(method_state={**ms, "target_params": target}), {"ema_momentum": m}
 
 
-def ema_after_update(network, config, state, total_steps):
-    """`after_update` of the methods whose target follows the online network with m_k."""
-    return ema_update(config, state, total_steps)
-
-
-def apply_target(network, state, x):
+def apply_target(network, method_state, x):
     """Target forward pass in training mode (its BN uses batch statistics, as in the references);
-    returns (outputs, new target batch_stats). No gradient flows: callers stop_gradient."""
-    out, mutated = network.apply({"params": state.target_params,
-                                  "batch_stats": state.target_batch_stats}, x, train=True,
-                                 use_predictor=False, use_probe=False, mutable=["batch_stats"])
-    return jax.tree.map(jax.lax.stop_gradient, out), mutated["batch_stats"]
+    returns (outputs, new method_state with the target's BN statistics). No gradient flows."""
+    out, mutated = network.apply({"params": method_state["target_params"],
+                                  "batch_stats": method_state["target_batch_stats"]}, x,
+                                 train=True, use_predictor=False, use_probe=False,
+                                 mutable=["batch_stats"])
+    return (jax.tree.map(jax.lax.stop_gradient, out),
+            {**method_state, "target_batch_stats": mutated["batch_stats"]})

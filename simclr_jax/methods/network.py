@@ -49,3 +49,20 @@ class SSLNetwork(nn.Module):
         if self.knn_features == "projection":
             return self.projector(features, train=train)                 # [B, D]
         return features
+
+
+class EncoderNetwork(nn.Module):
+    """What evaluation applies: a method's encoder backbone, optionally followed by the
+    projector (the kNN monitor's knn_features="projection"). Variable names are the online
+    network's ("backbone", "projector"), so checkpoint subtrees plug in as they are."""
+    backbone: nn.Module
+    projector: Optional[nn.Module] = None
+
+    def __call__(self, x, train: bool = False):
+        features = self.backbone(x, train=train)                         # [B, F]
+        if self.projector is not None:
+            return self.projector(features, train=train)                 # [B, D]
+        return features
+
+    def encode(self, x, train: bool = False):
+        return self(x, train=train)

@@ -4,71 +4,78 @@ Both views go through the network in ONE forward pass, as in the reference, so B
 are computed over all 2B views of the global batch (SimCLR's global BN).
 
 SimCLR v2's optional memory (config.simclr.memory, left out of the official code): a momentum
-(EMA) copy of the encoder+projector embeds both views; its keys are queued (MoCo machinery) and
+(EMA) copy of the encoder+projector embeds both views; its keys are queued (the MoCo queue) and
 serve as K extra negatives for every anchor. Positives stay the two online views.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 
 from simclr_jax import losses
-from simclr_jax.methods import common
-from simclr_jax.methods.network import SSLNetwork
-from simclr_jax.models import build_backbone
 from simclr_jax.errors import UserError
-
-
-def build_network(config, num_classes: int) -> SSLNetwork:
-    backbone = build_backbone(config.model)
-    projector, predictor = common.build_heads(config, backbone.num_features)
-    return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
-                      num_classes=num_classes if config.probe.enabled else 0,
-                      knn_features=config.eval.get("knn_features", "backbone"))
+from simclr_jax.methods import Method, common
+from simclr_jax.methods.moco import enqueue, init_queue
 
 
 def uses_memory(config) -> bool:
     return bool(config.get("simclr", {}).get("memory", False))
 
 
-def validate(config, num_train_examples: int) -> None:
-    if config.loss.temperature <= 0:
-        raise UserError(f"loss.temperature must be > 0, got {config.loss.temperature}")
-    if uses_memory(config):
-        K, keys = config.simclr.memory_size, 2 * config.batch_size
-        if K <= 0 or K % keys:
-            raise UserError(f"simclr.memory_size={K} must be a positive multiple of 2 x batch_size"
-                             f" = {keys} (both views' keys are queued each step).")
-        if K > 2 * num_train_examples:
-            raise UserError(f"simclr.memory_size={K} exceeds the {2 * num_train_examples} views "
-                             f"of one epoch; the memory would repeat images. Lower it.")
+class SimCLR(Method):
+    state_config_keys = ("simclr.",)
+
+    def config_section(self):
+        section = ml_collections.ConfigDict()
+        section.memory = False           # SimCLR v2: momentum encoder + queue of extra negatives
+        section.memory_size = 65536      # keys in that queue (EMA settings: ema.*)
+        return "simclr", section
+
+    def runlocal(self, c) -> None:
+        if c.simclr.memory:
+            c.simclr.memory_size = 4 * 2 * c.batch_size
+
+    def validate(self, config, ctx) -> None:
+        super().validate(config, ctx)
+        if uses_memory(config):
+            K, keys = config.simclr.memory_size, 2 * config.batch_size
+            if K <= 0 or K % keys:
+                raise UserError(f"simclr.memory_size={K} must be a positive multiple of 2 x "
+                                f"batch_size = {keys} (both views' keys are queued each step).")
+            if K > 2 * ctx.num_train_examples:
+                raise UserError(f"simclr.memory_size={K} exceeds the "
+                                f"{2 * ctx.num_train_examples} views of one epoch; the memory "
+                                f"would repeat images. Lower it.")
+
+    def build_network(self, config, num_classes: int):
+        return common.build_ssl_network(config, num_classes)
+
+    def init_state(self, config, network, variables, rng, ctx) -> dict:
+        if not uses_memory(config):
+            return {}
+        return {**common.init_target(variables),
+                **init_queue(rng, config.simclr.memory_size, config.head.out_dim)}
+
+    def compute_loss(self, network, config, params, state, batch, rng, ctx):
+        x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)    # [2B, H, W, 3]
+        out, batch_stats = common.apply_train(network, params, state.batch_stats, x)
+        z1, z2 = jnp.split(out["proj"], 2, axis=0)                       # [B, D] each
+        ms = state.method_state
+        memory = ms["queue"] if uses_memory(config) else None
+        loss, metrics = losses.nt_xent(z1, z2, config.loss.temperature, memory=memory)
+        p_loss, p_metrics = common.probe_loss(out, batch["label"], num_views=2)
+        metrics = {"loss": loss, **metrics, **p_metrics}
+        if memory is not None:
+            k_out, ms = common.apply_target(network, ms, x)
+            keys = losses.l2_normalize(k_out["proj"])                    # [2B, D]
+            ms = enqueue(ms, keys)
+            metrics["queue_fill"] = ms["queue_filled"] / ms["queue"].shape[0]
+        return loss + p_loss, (batch_stats, ms, metrics)
+
+    def after_update(self, network, config, state, ctx):
+        if not uses_memory(config):
+            return state, {}
+        return common.ema_update(config, state, ctx.total_steps)
 
 
-def init_extras(config, network, variables, rng) -> dict:
-    if not uses_memory(config):
-        return {}
-    from simclr_jax.methods import moco
-    return moco.init_extras(config, network, variables, rng, config.simclr.memory_size)
-
-
-def compute_loss(network, config, params, state, batch, rng):
-    x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)        # [2B, H, W, 3]
-    out, batch_stats = common.apply_train(network, params, state.batch_stats, x)
-    z1, z2 = jnp.split(out["proj"], 2, axis=0)                           # [B, D] each
-    memory = state.queue if uses_memory(config) else None
-    loss, metrics = losses.nt_xent(z1, z2, config.loss.temperature, memory=memory)
-    p_loss, p_metrics = common.probe_loss(out, batch["label"], num_views=2)
-    metrics = {"loss": loss, **metrics, **p_metrics}
-    extras = {}
-    if memory is not None:
-        from simclr_jax.methods import moco
-        k_out, target_stats = common.apply_target(network, state, x)
-        keys = losses.l2_normalize(k_out["proj"])                        # [2B, D]
-        queue, ptr, filled = moco.enqueue(state.queue, state.queue_ptr, state.queue_filled, keys)
-        extras = {"target_batch_stats": target_stats, "queue": queue, "queue_ptr": ptr,
-                  "queue_filled": filled}
-        metrics["queue_fill"] = filled / state.queue.shape[0]
-    return loss + p_loss, (batch_stats, extras, metrics)
-
-
-def after_update(network, config, state, total_steps):
-    return common.ema_update(config, state, total_steps) if uses_memory(config) else state
+METHOD = SimCLR()

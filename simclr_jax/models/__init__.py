@@ -37,7 +37,7 @@ def _build_resnet(cfg) -> nn.Module:
                   dtype=compute_dtype(cfg.get("dtype", "float32")),
                   shortcut=cfg.get("shortcut", "on_shape_change"),
                   stem_pool_padding=cfg.get("stem_pool_padding", "torch"),
-                  conv_init=cfg.get("conv_init", "simclr"),
+                  conv_init=cfg.get("conv_init", "fan_in_truncated_normal"),
                   zero_init_residual=bool(cfg.get("zero_init_residual", True)))
 
 
@@ -52,6 +52,14 @@ def _build_vit(cfg) -> nn.Module:
                                  stop_grad_patch_embed=bool(cfg.get("stop_grad_patch_embed",
                                                                     False)),
                                  dtype=compute_dtype(cfg.get("dtype", "float32")))
+
+
+def frozen_param_paths(model_cfg) -> tuple:
+    """Paths (inside the backbone's params) that never train: ViT's frozen random patch
+    projection (MoCo v3's stop_grad_patch_embed)."""
+    if model_cfg.get("name") == "vit" and bool(model_cfg.get("stop_grad_patch_embed")):
+        return ((vit.PATCH_EMBED,),)
+    return ()
 
 
 def frozen_param_mask(model_cfg, params):
@@ -79,4 +87,4 @@ def build_backbone(model_cfg) -> nn.Module:
 
 
 __all__ = ["BACKBONES", "BatchNorm", "LinearHead", "MLPHead", "ResNet", "build_backbone",
-           "compute_dtype", "frozen_param_mask", "heads", "norm", "resnet", "vit"]
+           "compute_dtype", "frozen_param_mask", "frozen_param_paths", "heads", "norm", "resnet", "vit"]

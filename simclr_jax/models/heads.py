@@ -145,3 +145,40 @@ def byol_predictor(hidden_dim: int = 4096, out_dim: int = 256,
                    bn_group_size: Optional[int] = None) -> MLPHead:
     """BYOL predictor: same architecture as the projector."""
     return byol_projector(hidden_dim=hidden_dim, out_dim=out_dim, bn_group_size=bn_group_size)
+
+
+# Head kinds by what they are (config.head.kind): projector and, where the kind has one,
+# the predictor paired with it. Which reference uses which is in the table at the top.
+HEAD_KINDS = ("bn_mlp", "linear", "mlp", "bn_mlp_nonaffine", "bn_mlp_biased")
+
+
+def build_heads(head_cfg, predictor_cfg, num_features: int,
+                bn_group_size: Optional[int] = None):
+    """(projector, predictor or None) for head_cfg.kind; sizes from head_cfg / predictor_cfg.
+
+    "bn_mlp": BN MLP, last BN scale-only, no biases (SimCLR v1/v2), no predictor.
+    "linear": one Dense with bias (MoCo v1). "mlp": Dense-ReLU-Dense with biases (MoCo v2).
+    "bn_mlp_nonaffine": BN MLP, last BN without affine, + the same-style predictor (MoCo v3).
+    "bn_mlp_biased": Dense(bias)-BN-ReLU-Dense, + a predictor of the same shape (BYOL).
+    """
+    kind = head_cfg.get("kind", "bn_mlp")
+    hidden = head_cfg.hidden_dim if head_cfg.hidden_dim > 0 else num_features
+    if kind == "bn_mlp":
+        return simclr_projector(num_layers=head_cfg.num_layers, hidden_dim=hidden,
+                                out_dim=head_cfg.out_dim, bn_group_size=bn_group_size), None
+    if kind == "linear":
+        return moco_v1_head(out_dim=head_cfg.out_dim), None
+    if kind == "mlp":
+        return moco_v2_head(hidden_dim=hidden, out_dim=head_cfg.out_dim), None
+    if kind == "bn_mlp_nonaffine":
+        return (moco_v3_projector(hidden_dim=hidden, out_dim=head_cfg.out_dim,
+                                  num_layers=head_cfg.num_layers, bn_group_size=bn_group_size),
+                moco_v3_predictor(hidden_dim=predictor_cfg.hidden_dim, out_dim=head_cfg.out_dim,
+                                  last_bn=predictor_cfg.get("last_bn", False),
+                                  bn_group_size=bn_group_size))
+    if kind == "bn_mlp_biased":
+        return (byol_projector(hidden_dim=hidden, out_dim=head_cfg.out_dim,
+                               bn_group_size=bn_group_size),
+                byol_predictor(hidden_dim=predictor_cfg.hidden_dim, out_dim=head_cfg.out_dim,
+                               bn_group_size=bn_group_size))
+    raise UserError(f"unknown head.kind {kind!r}; valid: {', '.join(HEAD_KINDS)}")

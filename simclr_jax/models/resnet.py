@@ -4,8 +4,9 @@ Facts taken from the references (torchvision ResNet, SimCLR's `tf2/resnet.py`):
 - v1.5: the stride of a bottleneck block sits on its 3x3 conv; convs have no bias; the last BN of
   every residual block starts with scale 0 so each block starts as the identity on its residual
   path; BN momentum 0.9 (flax convention), epsilon 1e-5.
-- Conv kernels (`conv_init`): "simclr" VarianceScaling(1.0, "fan_in", "truncated_normal"), the
-  `tf.keras.initializers.VarianceScaling()` of SimCLR (and Haiku's default, BYOL);
+- Conv kernels (`conv_init`): "fan_in_truncated_normal" VarianceScaling(1.0, "fan_in",
+  "truncated_normal"), the `tf.keras.initializers.VarianceScaling()` of SimCLR (and Haiku's
+  default, BYOL);
   "torchvision" kaiming normal (fan_out, ReLU gain) as MoCo's torchvision ResNets.
   `zero_init_residual=False` keeps every BN scale at 1 (torchvision's default, MoCo v1/v2).
 - Padding: k // 2 on each side (torchvision, and SimCLR's fixed padding for strided convs), so
@@ -39,9 +40,10 @@ STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3),
 BOTTLENECK_DEPTHS = frozenset({14, 26, 50, 101, 152, 200})
 STEMS = ("imagenet", "cifar")
 STAGE_WIDTHS = (64, 128, 256, 512)
-CONV_INITS = {"simclr": nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+CONV_INITS = {"fan_in_truncated_normal": nn.initializers.variance_scaling(1.0, "fan_in",
+                                                                         "truncated_normal"),
               "torchvision": nn.initializers.variance_scaling(2.0, "fan_out", "normal")}
-CONV_INIT = CONV_INITS["simclr"]
+CONV_INIT = CONV_INITS["fan_in_truncated_normal"]
 SHORTCUTS = ("on_shape_change", "first_block_of_stage")
 POOL_PADDINGS = ("torch", "same")
 SK_MIN_DIM = 32            # SimCLRv2: squeeze width = max(int(filters * sk_ratio), 32)
@@ -64,7 +66,7 @@ def num_features(depth: int, width_multiplier: float = 1.0) -> int:
 
 def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float,
                  shortcut: str = "on_shape_change", stem_pool_padding: str = "torch",
-                 conv_init: str = "simclr") -> None:
+                 conv_init: str = "fan_in_truncated_normal") -> None:
     if depth not in STAGE_SIZES:
         raise UserError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
     if stem not in STEMS:
@@ -234,7 +236,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     shortcut: str = "on_shape_change"
     stem_pool_padding: str = "torch"
-    conv_init: str = "simclr"
+    conv_init: str = "fan_in_truncated_normal"
     zero_init_residual: bool = True
 
     def __post_init__(self):
