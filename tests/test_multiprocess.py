@@ -249,7 +249,8 @@ def test_export_two_processes_one_writer(simclr_runs):
 def test_moco_and_byol_pretraining_two_processes_equal_one(tmp_path):
     """MoCo v2 (queue + shuffle BN), MoCo v3 and BYOL (momentum targets): the same losses and
     parameters (target networks and the queue included) on 2 x 2 as on 1 x 4."""
-    methods = ["moco_v2.py+cifar10", "moco_v3.py+cifar10", "byol.py+cifar10"]
+    methods = ["moco_v2.py+cifar10", "moco_v3.py+cifar10", "byol.py+cifar10",
+               "simsiam.py+cifar10"]
     no_knn = {"dataset.knn_train_split": ""}
     times = {}
     for arg in methods:
