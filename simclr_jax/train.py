@@ -285,7 +285,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     manager = checkpoint.make_manager(workdir, config.keep_checkpoints)
     config_changes = workdir_lib.check_resume(workdir, config, manager.latest_step())
     finished = workdir_lib.finished_result(workdir, manager.latest_step(), total_steps,
-                                           config_changes)
+                                           config_changes, config.method)
     if finished is not None:
         return finished
 

@@ -40,7 +40,7 @@ _LOCK_SETTLE_S = 0.2          # write, wait, read back: the last of two racing w
 
 # Config keys whose change alters the training state's structure or the data stream: a resumed
 # run with a different value would no longer be the run its checkpoints belong to.
-# The methods add the prefixes of their own config sections (methods.state_config_keys()).
+# The run's method adds the prefixes of its own config section (methods.state_config_keys).
 STATE_OR_DATA_KEYS = ("method", "seed", "batch_size", "model.", "head.", "predictor.",
                       "probe.", "dataset.", "aug.", "optimizer.name")
 # Where the data lives or how it is scored is not what it is.
@@ -133,9 +133,9 @@ def config_changes(old: dict, new: dict) -> dict:
             if a.get(k) != b.get(k) and k != ACCEPT_FLAG}
 
 
-def changes_state_or_data(key: str) -> bool:
+def changes_state_or_data(key: str, method_name=None) -> bool:
     from simclr_jax.methods import state_config_keys
-    keys = STATE_OR_DATA_KEYS + state_config_keys()
+    keys = STATE_OR_DATA_KEYS + state_config_keys(method_name)
     return key.startswith(keys) and not key.startswith(NOT_STATE_OR_DATA)
 
 
@@ -151,7 +151,8 @@ def check_resume(workdir, config, checkpoint_step: Optional[int]) -> dict:
     if _is_chief() and checkpoint_step is not None:
         old = stored_config(workdir)
         changes = config_changes(old, _plain(config)) if old is not None else {}
-        blocking = {k: v for k, v in changes.items() if changes_state_or_data(k)}
+        blocking = {k: v for k, v in changes.items()
+                    if changes_state_or_data(k, config.get("method"))}
         if blocking and not config.get(ACCEPT_FLAG, False):
             listed = ", ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in blocking.items())
             error = (f"the config differs from the run in {workdir} (checkpoint at step "
@@ -185,14 +186,14 @@ def stored_event(workdir, event: str, step: int) -> Optional[dict]:
 
 
 def finished_result(workdir, checkpoint_step: Optional[int], total_steps: int,
-                    changes: dict) -> Optional[dict]:
+                    changes: dict, method_name: Optional[str] = None) -> Optional[dict]:
     """The stored result when this config's run is already complete: nothing to do.
 
     Not when an accepted change alters the state or the data (that result is another run's).
     """
     result = None
     if (_is_chief() and checkpoint_step == total_steps
-            and not any(changes_state_or_data(k) for k in changes)):
+            and not any(changes_state_or_data(k, method_name) for k in changes)):
         result = stored_event(workdir, "finished", total_steps)
     if jax.process_count() > 1:   # process 0 decides (only it knows the changes)
         from jax.experimental import multihost_utils

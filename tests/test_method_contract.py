@@ -103,3 +103,27 @@ def test_runlocal_preset_learns_through_the_cli(tmp_path, file, preset, override
     assert done.returncode == 0, done.stderr[-3000:]
     final = json.load(open(tmp_path / "final_metrics.json"))
     assert final["knn_top1"] > final["knn_top1_init"] + 0.02, final
+
+
+def test_view_count_mistakes_are_one_line_naming_the_views():
+    """A config with fewer or more views than its method consumes is refused before any work
+    (a one-view config used to fail with a bare ValueError; a view3 was silently dropped)."""
+    from simclr_jax.config_validation import validate_config
+    from simclr_jax.data import aug_presets
+    from simclr_jax.errors import UserError
+
+    c = tiny("quickstart.py")
+    c.unlock()
+    del c.aug["view2"]
+    with pytest.raises(UserError, match="uses 2 augmented views, the config has 1"):
+        validate_config(c)
+    c.aug.view2 = aug_presets.simclr()
+    c.aug.view3 = aug_presets.simclr()
+    with pytest.raises(UserError, match="uses 2 augmented views, the config has 3"):
+        validate_config(c)
+    del c.aug["view2"]
+    with pytest.raises(UserError, match="without gaps"):
+        validate_config(c)
+    c.method = None
+    with pytest.raises(UserError, match="no method"):
+        validate_config(c)

@@ -37,9 +37,35 @@ def test_global_batch_is_the_same_for_any_process_count():
     one = process_rows(source, 1, 0, start, steps)
     shares = [process_rows(source, 2, pi, start, steps) for pi in range(2)]
     for k in range(steps):
-        for key in ("view1", "view2", "label"):
+        for key in ("view1", "view2", "label", "index"):
             glued = np.concatenate([shares[0][k][key], shares[1][k][key]])
             np.testing.assert_array_equal(glued, one[k][key], err_msg=f"step {start + k} {key}")
+
+
+def test_every_view_at_its_own_size_and_the_index_names_the_example():
+    """Three views (a multi-crop shape: one at the dataset's size, two small ones); "index" is
+    the example's position in the split: its label is the batch's label and an un-augmented
+    full-image view equals that example's image resized, for every row."""
+    import tensorflow as tf
+    source = sources.get_source("digits", "train")
+    plain = aug_presets.view(crop_area_min=1.0, crop_aspect_min=1.0, crop_aspect_max=1.0,
+                             flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
+                             resize_method="bilinear")
+    small = aug_presets.simclr(blur_prob=0.0)
+    small.image_size = 6
+    aug = aug_presets.two_views(plain, small)
+    aug.view3 = aug_presets.simclr(blur_prob=0.0, crop_area_min=0.05)
+    aug.view3.image_size = 4
+    batch = next(pipeline.local_pretrain_batches(source, aug, global_batch_size=32,
+                                                 image_size=SIZE, seed=SEED))
+    assert (batch["view1"].shape, batch["view2"].shape, batch["view3"].shape) == (
+        (32, SIZE, SIZE, 3), (32, 6, 6, 3), (32, 4, 4, 3))
+    index = batch["index"]
+    assert index.dtype == np.int32 and len(set(index.tolist())) == 32     # distinct examples
+    np.testing.assert_array_equal(source.labels[index], batch["label"])
+    want = tf.image.resize(source.images[index].astype(np.float32), [SIZE, SIZE],
+                           method="bilinear", antialias=False).numpy() / 255.0
+    np.testing.assert_allclose(batch["view1"], want, atol=2e-2)   # uint8 rounding of the resize
 
 
 EXIT_SCRIPT = textwrap.dedent("""

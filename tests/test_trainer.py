@@ -41,6 +41,25 @@ def test_resume_reaches_the_same_state(tmp_path, file, preset):
     assert set(a) == set(b)
     assert_trees_equal(a, b)
     assert os.path.exists(tmp_path / "straight" / "config.json")
+    if file == "moco_v2.py":
+        resume_workdir_from_before_the_plugin(config, tmp_path, a)
+
+
+def resume_workdir_from_before_the_plugin(config, tmp_path, straight):
+    """tests/golden/legacy_moco_workdir.tar.gz was written by the code before the method
+    plug-in (commit a47d48a: the EMA target and queue at the top of the checkpoint, head.kind
+    "moco_v2"), the same config stopped after 2 of 4 steps. Today's code resumes it (the
+    checkpoint and config migrated) and ends where its own uninterrupted run ends."""
+    import tarfile
+    with tarfile.open(os.path.join(ROOT, "tests", "golden", "legacy_moco_workdir.tar.gz")) as t:
+        t.extractall(tmp_path / "legacy")
+    workdir = tmp_path / "legacy" / "legacy_moco"
+    old = checkpoint.restore_arrays(str(workdir))
+    assert int(old["step"]) == 2 and "method_state" in old        # read through the migration
+    assert train.train_and_evaluate(config, str(workdir))["step"] == 4
+    resumed = latest_arrays(workdir)
+    assert set(resumed) == set(straight)
+    assert_trees_equal(straight, resumed)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

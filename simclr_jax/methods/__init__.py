@@ -203,9 +203,12 @@ def config_sections() -> dict:
     return sections
 
 
-def state_config_keys() -> tuple:
-    """Config prefixes of every method that shape a run's state (workdir resume safety)."""
-    return tuple(key for name in available() for key in get_method(name).state_config_keys)
+def state_config_keys(method_name) -> tuple:
+    """Config prefixes of a run's method that shape its state (workdir resume safety); the
+    sections of other methods do not concern the run."""
+    if method_name not in available():
+        return ()
+    return tuple(get_method(method_name).state_config_keys)
 
 
 def views_of(config) -> list:
