@@ -24,6 +24,9 @@ def validate_config(config) -> None:
             _fail(f"{name} must be positive, got {config[name]}.")
     if config.eval.every_steps <= 0:
         _fail(f"eval.every_steps must be positive, got {config.eval.every_steps}.")
+    if config.eval.get("knn_features", "backbone") not in ("backbone", "projection"):
+        _fail(f"eval.knn_features must be 'backbone' or 'projection', got "
+              f"{config.eval.knn_features!r}.")
     if config.eval.knn_k <= 0:
         _fail(f"eval.knn_k must be positive, got {config.eval.knn_k}.")
     group = config.model.get("bn_group_size")

@@ -22,7 +22,7 @@ def test_load_encoder_matches_trainer_features(tmp_path):
     network = get_method(config.method).build_network(config, num_classes=10)
     x = images.astype(np.float32) / 255.0
     ref = network.apply({"params": arrays["params"], "batch_stats": arrays["batch_stats"]}, x,
-                        method=type(network).encode)
+                        train=False)["features"]                  # the online backbone's
 
     encoder = simclr_jax.load_encoder(workdir)
     np.testing.assert_allclose(np.asarray(encoder(images)), np.asarray(ref), rtol=1e-5,

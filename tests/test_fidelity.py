@@ -11,7 +11,8 @@ import tensorflow as tf
 from tiny_configs import ROOT, load_config, tiny
 
 from simclr_jax.data import aug_presets, augment_tf
-from simclr_jax.methods import get_method
+from simclr_jax.methods import encoder_network, get_method
+from simclr_jax.train import make_context
 
 # facebookresearch/moco colab/moco_cifar10_demo.ipynb: argparse defaults + args.cos = True.
 COLAB = dict(batch_size=512, lr=0.06, wd=5e-4, momentum=0.9, moco_dim=128, moco_k=4096,
@@ -49,7 +50,7 @@ def test_moco_colab_preset_is_the_colab(preset, symmetric):
         COLAB["knn_k"], COLAB["knn_t"], "projection")
     assert (c.dataset.name, c.dataset.train_split, c.dataset.knn_train_split,
             c.dataset.knn_test_split) == ("cifar10", "train", "train", "test")
-    get_method("moco").validate(c, num_train_examples=50_000)
+    get_method("moco").validate(c, make_context(c, 50_000))
 
 
 def test_cifar10_normalisation_uses_the_colab_mean_and_std():
@@ -70,15 +71,19 @@ def test_knn_on_projection_scores_the_head_output():
     network = get_method("moco").build_network(config, num_classes=0)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 8, 8, 3)), jnp.float32)
     variables = network.init(jax.random.PRNGKey(0), x, train=False)
-    feats = network.apply(variables, x, method=type(network).encode)
     out = network.apply(variables, x, train=False)
+    monitor = encoder_network(get_method("moco"), config)      # what the kNN monitor applies
+    feats = monitor.apply(variables, x, method=type(monitor).encode)
     assert feats.shape == (8, config.head.out_dim)
     np.testing.assert_allclose(feats, out["proj"], rtol=1e-6)
-    backbone = network.clone(knn_features="backbone")
-    np.testing.assert_allclose(backbone.apply(variables, x, method=type(network).encode),
+    config.unlock()
+    config.eval.knn_features = "backbone"
+    monitor = encoder_network(get_method("moco"), config)
+    np.testing.assert_allclose(monitor.apply(variables, x, method=type(monitor).encode),
                                out["features"], rtol=1e-6)
+    config.eval.knn_features = "logits"
     with pytest.raises(ValueError, match="knn_features"):
-        network.clone(knn_features="logits")
+        encoder_network(get_method("moco"), config)
 
 
 # ----------------------------------------------------------------------------- presets

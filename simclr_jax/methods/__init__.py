@@ -157,8 +157,11 @@ def encoder_network(method: Method, config):
     """The module the kNN monitor and knn_eval apply (its `encode`): the method's encoder
     backbone, followed by the projector when eval.knn_features == "projection"."""
     from simclr_jax.methods.network import EncoderNetwork
-    projector = None
-    if config.eval.get("knn_features", "backbone") == "projection":
+    projector, features = None, config.eval.get("knn_features", "backbone")
+    if features not in ("backbone", "projection"):
+        raise UserError(f"eval.knn_features must be 'backbone' or 'projection', got "
+                        f"{features!r}")
+    if features == "projection":
         projector = getattr(method.build_network(config, 0), "projector", None)
         if projector is None:
             raise UserError(f"eval.knn_features='projection': method {config.method} has no "

@@ -51,8 +51,7 @@ def build_ssl_network(config, num_classes: int, *, needs_predictor: bool = False
     if not needs_predictor:
         predictor = None
     return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
-                      num_classes=num_classes if config.probe.enabled else 0,
-                      knn_features=config.eval.get("knn_features", "backbone"))
+                      num_classes=num_classes if config.probe.enabled else 0)
 
 
 # ----------------------------------------------------------------------------- momentum target

@@ -10,23 +10,12 @@ from typing import Optional
 import flax.linen as nn
 import jax
 
-from simclr_jax.errors import UserError
-
-KNN_FEATURES = ("backbone", "projection")
-
 
 class SSLNetwork(nn.Module):
     backbone: nn.Module
     projector: nn.Module
     predictor: Optional[nn.Module] = None
     num_classes: int = 0           # > 0 adds the online linear probe on stop-gradient features
-    knn_features: str = "backbone"  # what encode() returns: "backbone" | "projection"
-
-    def __post_init__(self):
-        if self.knn_features not in KNN_FEATURES:
-            raise UserError(f"eval.knn_features must be one of {KNN_FEATURES}, got "
-                            f"{self.knn_features!r}")
-        super().__post_init__()
 
     def setup(self):
         if self.num_classes > 0:
@@ -41,14 +30,6 @@ class SSLNetwork(nn.Module):
         if self.num_classes > 0 and use_probe:
             out["probe_logits"] = self.probe(jax.lax.stop_gradient(features))  # [B, C]
         return out
-
-    def encode(self, x, train: bool = False):
-        """The kNN monitor's features: the backbone's, or with knn_features="projection" the
-        projector output (the MoCo CIFAR-10 colab scores kNN on its 128-d head output)."""
-        features = self.backbone(x, train=train)                         # [B, F]
-        if self.knn_features == "projection":
-            return self.projector(features, train=train)                 # [B, D]
-        return features
 
 
 class EncoderNetwork(nn.Module):

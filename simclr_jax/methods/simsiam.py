@@ -58,8 +58,7 @@ class SimSiam(Method):
         backbone = build_backbone(config.model)
         projector, predictor = build_heads(config, backbone.num_features)
         return SSLNetwork(backbone=backbone, projector=projector, predictor=predictor,
-                          num_classes=num_classes if config.probe.enabled else 0,
-                          knn_features=config.eval.get("knn_features", "backbone"))
+                          num_classes=num_classes if config.probe.enabled else 0)
 
     def compute_loss(self, network, config, params, state, batch, rng, ctx):
         out1, stats = common.apply_train(network, params, state.batch_stats, batch["view1"])
