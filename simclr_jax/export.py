@@ -101,7 +101,7 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
         meta = json.loads((root / ENCODER_CONFIG).read_text())
         arrays = ocp.StandardCheckpointer().restore(root / "encoder")
         return _encoder_from(meta["model"], meta["image_size"], meta["normalize"],
-                             arrays["params"], arrays["batch_stats"])
+                             arrays["params"], arrays.get("batch_stats", {}))  # ViT: none saved
     workdir = root.parent if root.name == "checkpoints" else root
     if not (workdir / "config.json").exists():
         raise UserError(f"{path} is neither a pretraining workdir (no config.json) nor an export "
@@ -138,6 +138,11 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--format", default="native",
+                   choices=("native", "torchvision", "timm", "detectron2"),
+                   help="native: an orbax directory for load_encoder (default); torchvision / "
+                        "timm: a .pth or .safetensors state dict; detectron2: a .pkl "
+                        "(simclr_jax.weights)")
     p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                    help="join a JAX cluster as simclr_jax.main does")
     p.add_argument("--coordinator_address", default=None)
@@ -148,12 +153,22 @@ def main(argv=None):
     try:
         distributed.join(a.distributed, distributed.resolve_settings(
             a.coordinator_address, a.num_processes, a.process_id))
-        out = export_encoder(a.workdir, a.out, a.step)
+        if a.format == "native":
+            out, notes = export_encoder(a.workdir, a.out, a.step), []
+        else:
+            from simclr_jax.weights import formats
+            enc = load_encoder(a.workdir, a.step)
+            out = a.out
+            if jax.process_index() == 0:
+                notes = formats.export(enc.model_config, enc.variables, enc.image_size,
+                                       enc.normalize, a.format, a.out)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(out)
+        for note in notes:
+            print(f"note: {note}")
 
 
 if __name__ == "__main__":

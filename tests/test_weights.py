@@ -234,3 +234,151 @@ def test_safetensors_written_here_read_by_the_library_and_back(tmp_path):
     ours = files.load_safetensors(str(tmp_path / "y.safetensors"))
     for k in sd:
         np.testing.assert_array_equal(ours[k], sd[k])
+
+
+# ----------------------------------------------------------------------------- export CLI
+
+def native_export(path, model_cfg, variables, image_size=64, normalize="imagenet") -> str:
+    """An export directory (what `python -m simclr_jax.export` writes by default) holding
+    `variables`: the CLI's --workdir accepts it, and it costs no training."""
+    import json
+
+    import orbax.checkpoint as ocp
+
+    from simclr_jax.export import ENCODER_CONFIG
+    path.mkdir(parents=True)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(path / "encoder", variables)
+    ckpt.wait_until_finished()
+    (path / ENCODER_CONFIG).write_text(json.dumps(
+        {"model": model_cfg, "image_size": image_size, "normalize": normalize}))
+    return str(path)
+
+
+def export_cli(capsys, *args):
+    """(exit status, stdout lines, stderr lines) of `python -m simclr_jax.export ARGS`, run
+    in-process (a subprocess costs ~10 s of imports; one test runs the real one)."""
+    from simclr_jax import export
+    capsys.readouterr()
+    try:
+        export.main(list(args) + ["--distributed=off"])
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out.splitlines(), [line for line in err.splitlines() if line.strip()]
+
+
+def moco_convert_pretrain_to_detectron2(obj):
+    """Transcription of facebookresearch/moco detection/convert-pretrain-to-detectron2.py
+    (commit 8976944^), minus torch.load / pickle.dump: `obj` is the loaded MoCo checkpoint."""
+    obj = obj["state_dict"]
+    newmodel = {}
+    for k, v in obj.items():
+        if not k.startswith("module.encoder_q."):
+            continue
+        k = k.replace("module.encoder_q.", "")
+        if "layer" not in k:
+            k = "stem." + k
+        for t in [1, 2, 3, 4]:
+            k = k.replace("layer{}".format(t), "res{}".format(t + 1))
+        for t in [1, 2, 3]:
+            k = k.replace("bn{}".format(t), "conv{}.norm".format(t))
+        k = k.replace("downsample.0", "shortcut")
+        k = k.replace("downsample.1", "shortcut.norm")
+        newmodel[k] = v.numpy()
+    return {"model": newmodel, "__author__": "MOCO", "matching_heuristics": True}
+
+
+R50 = {"name": "resnet", "depth": 50, "stem": "imagenet"}
+
+
+def test_export_torchvision_pth_and_safetensors_and_detectron2(tmp_path, capsys):
+    import pickle
+
+    import safetensors.torch
+
+    import simclr_jax
+    variables = init_ours(R50, 64, seed=8)
+    src = native_export(tmp_path / "enc", R50, variables)
+    x = images(64, seed=9)
+    ours = np.asarray(simclr_jax.load_encoder(src).apply(x))
+
+    rc, out, err = export_cli(capsys, "--workdir", src, "--format", "torchvision",
+                              "--out", str(tmp_path / "r50.safetensors"))
+    assert rc == 0 and not err, err
+    assert any("model.fc = nn.Identity()" in line for line in out)
+    assert any("mean [0.485, 0.456, 0.406]" in line for line in out)
+    model = torchvision_resnet(50)
+    model.load_state_dict(safetensors.torch.load_file(str(tmp_path / "r50.safetensors")),
+                          strict=True)
+    assert rel_diff(ours, torch_features(model, x)) <= RTOL
+
+    # detectron2: the names, shapes and values MoCo's converter writes for the same weights
+    rc, out, err = export_cli(capsys, "--workdir", src, "--format", "detectron2",
+                              "--out", str(tmp_path / "r50.pkl"))
+    assert rc == 0 and not err, err
+    assert any("MODEL.PIXEL_MEAN: [123.675, 116.280, 103.530]" in line for line in out)
+    with open(tmp_path / "r50.pkl", "rb") as f:
+        ours_d2 = pickle.load(f)
+    theirs = moco_convert_pretrain_to_detectron2(
+        {"state_dict": {"module.encoder_q." + k: v for k, v in model.state_dict().items()}})
+    assert sorted(ours_d2["model"]) == sorted(theirs["model"])
+    assert "stem.conv1.norm.running_var" in ours_d2["model"] and "res5.2.conv3.norm.bias" in \
+        ours_d2["model"] and "res2.0.shortcut.norm.weight" in ours_d2["model"]
+    for k, v in theirs["model"].items():
+        np.testing.assert_array_equal(ours_d2["model"][k], v)
+    assert ours_d2["matching_heuristics"] is True
+
+
+def test_export_cli_pth_and_timm_in_a_real_process(tmp_path):
+    """The real command line: a ResNet-18 .pth for torchvision and a ViT-S .pth for timm."""
+    import os
+    import subprocess
+
+    from conftest import TEST_XLA_FLAGS
+    from tiny_configs import ROOT
+    r18 = {"name": "resnet", "depth": 18, "stem": "imagenet"}
+    vit_vars = init_ours(VIT_S, 32, seed=10)
+    srcs = [native_export(tmp_path / "r18", r18, init_ours(r18, 64, seed=11)),
+            native_export(tmp_path / "vit", VIT_S, vit_vars, image_size=32, normalize="none")]
+    code = ("import sys; sys.modules['triton'] = None; from simclr_jax import export; "
+            "[export.main(['--workdir', w, '--format', f, '--out', o]) for w, f, o in "
+            f"[({srcs[0]!r}, 'torchvision', {str(tmp_path / 'r18.pth')!r}), "
+            f"({srcs[1]!r}, 'timm', {str(tmp_path / 'vit.pth')!r})]]")
+    env = dict(os.environ, XLA_FLAGS=TEST_XLA_FLAGS, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "num_heads=12" in r.stdout and "6 heads" in r.stdout
+    model = torchvision_resnet(18)
+    model.load_state_dict(torch.load(tmp_path / "r18.pth", weights_only=True), strict=True)
+    vit = timm_vit(32)
+    vit.load_state_dict(torch.load(tmp_path / "vit.pth", weights_only=True), strict=True)
+    import simclr_jax
+    x = images(32, seed=12)
+    ours = np.asarray(simclr_jax.load_encoder(srcs[1]).apply(x))
+    assert rel_diff(ours, torch_features(vit, x)) <= RTOL
+
+
+def test_export_refuses_backbones_without_a_counterpart_in_one_line(tmp_path, capsys):
+    r18 = {"name": "resnet", "depth": 18, "stem": "cifar"}
+    sk = {"name": "resnet", "depth": 50, "stem": "imagenet", "sk_ratio": 0.0625}
+    quarter = {"name": "resnet", "depth": 18, "width": 0.25, "stem": "cifar"}
+    dirs = {name: native_export(tmp_path / name, cfg, init_ours(cfg, 32), image_size=32)
+            for name, cfg in [("r18", r18), ("sk", sk), ("quarter", quarter)]}
+    cases = [(dirs["sk"], "torchvision", "x.pth", "SK-ResNets"),
+             (dirs["quarter"], "torchvision", "x.pth", "no torchvision counterpart"),
+             (dirs["r18"], "timm", "x.pth", "holds ViTs"),
+             (dirs["r18"], "detectron2", "x.pkl", "CIFAR-stem"),
+             (dirs["r18"], "torchvision", "x.npz", ".pth or .safetensors"),
+             (str(tmp_path / "missing"), "torchvision", "x.pth", "missing")]
+    for src, fmt, out, expect in cases:
+        rc, _, err = export_cli(capsys, "--workdir", src, "--format", fmt,
+                                "--out", str(tmp_path / out))
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error:"), (fmt, err)
+        assert expect in err[0], err
+    # the CIFAR stem exports to torchvision, with the note saying what to replace
+    rc, out, err = export_cli(capsys, "--workdir", dirs["r18"], "--format", "torchvision",
+                              "--out", str(tmp_path / "c.pth"))
+    assert rc == 0 and any("model.maxpool = nn.Identity()" in line for line in out), out
