@@ -95,8 +95,14 @@ def _encoder_from(model_cfg: dict, image_size: int, normalize: str, params, batc
 
 
 def load_encoder(path: str, step: int | None = None) -> Encoder:
-    """Encoder from a pretraining workdir (config.json + checkpoints/) or an export directory."""
+    """Encoder from a pretraining workdir (config.json + checkpoints/), an export directory, or
+    a weights file (torchvision / timm names, the released MoCo, SimSiam, SwAV, DINO
+    checkpoints: simclr_jax.weights.released)."""
     root = as_path(path)
+    if root.is_file():   # a released checkpoint or a --format torchvision/timm export
+        from simclr_jax.weights import released
+        w = released.import_file(path)
+        return _encoder_from(w.model_config, w.image_size, w.normalize, w.params, w.batch_stats)
     if (root / ENCODER_CONFIG).exists():
         meta = json.loads((root / ENCODER_CONFIG).read_text())
         arrays = ocp.StandardCheckpointer().restore(root / "encoder")

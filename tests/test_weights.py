@@ -382,3 +382,129 @@ def test_export_refuses_backbones_without_a_counterpart_in_one_line(tmp_path, ca
     rc, out, err = export_cli(capsys, "--workdir", dirs["r18"], "--format", "torchvision",
                               "--out", str(tmp_path / "c.pth"))
     assert rc == 0 and any("model.maxpool = nn.Identity()" in line for line in out), out
+
+
+# ----------------------------------------------------------------------------- released formats
+# Each writer makes a small file in the layout the reference's own code saves (key names,
+# prefixes, nesting, dtype; a ResNet-18 instead of a ResNet-50 to stay cheap). The encoder a
+# reference evaluates must be the one imported: the other encoders in the file get different
+# weights, so picking the wrong one fails the feature comparison.
+
+def _perturbed(sd, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: v if not v.is_floating_point() else 1.5 * v if k.endswith("running_var")
+            else v + 0.5 * torch.randn(v.shape, generator=g) for k, v in sd.items()}
+
+
+def _mlp(prefix, dims, seed, bn=True):
+    """A torch MLP's state dict under `prefix` (Linear, [BN], ReLU, Linear ...)."""
+    g = torch.Generator().manual_seed(seed)
+    out, i = {}, 0
+    for a, b in zip(dims[:-1], dims[1:]):
+        out[f"{prefix}{i}.weight"] = torch.randn(b, a, generator=g)
+        out[f"{prefix}{i}.bias"] = torch.zeros(b)
+        i += 3 if bn else 2
+    return out
+
+
+def _sgd_state():
+    return {"state": {}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
+                                           "params": [0, 1]}]}
+
+
+def moco_v2_file(path, backbone_sd):
+    """facebookresearch/moco main_moco.py (commit 8976944^): save_checkpoint({"epoch", "arch",
+    "state_dict": model.state_dict(), "optimizer"}) of a DistributedDataParallel(MoCo): query
+    and key encoders (torchvision resnet with fc replaced by the --mlp head fc.0 / fc.2), the
+    queue [dim, K] and queue_ptr."""
+    sd = {f"module.encoder_q.{k}": v for k, v in backbone_sd.items()}
+    sd.update(_mlp("module.encoder_q.fc.", (512, 512, 128), 1, bn=False))
+    sd.update({f"module.encoder_k.{k}": v for k, v in _perturbed(backbone_sd, 2).items()})
+    sd.update(_mlp("module.encoder_k.fc.", (512, 512, 128), 3, bn=False))
+    sd["module.queue"] = torch.randn(128, 64)
+    sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    torch.save({"epoch": 200, "arch": "resnet18", "state_dict": sd,
+                "optimizer": _sgd_state()}, path)
+
+
+def moco_v3_file(path, backbone_sd, vit=False):
+    """facebookresearch/moco-v3 main_moco.py: {"epoch", "arch", "state_dict", "optimizer",
+    "scaler"}; state_dict of DDP(MoCo_ResNet / MoCo_ViT): module.base_encoder.* (its fc / head
+    replaced by the projector MLP), module.momentum_encoder.*, module.predictor.*."""
+    head = "head." if vit else "fc."
+    d = 384 if vit else 512
+    sd = {f"module.base_encoder.{k}": v for k, v in backbone_sd.items()}
+    sd.update(_mlp(f"module.base_encoder.{head}", (d, 64, 32), 4))
+    mom = _perturbed(backbone_sd, 5)
+    if vit:
+        mom["pos_embed"] = backbone_sd["pos_embed"]            # fixed sin-cos in both encoders
+    sd.update({f"module.momentum_encoder.{k}": v for k, v in mom.items()})
+    sd.update(_mlp(f"module.momentum_encoder.{head}", (d, 64, 32), 6))
+    sd.update(_mlp("module.predictor.", (32, 64, 32), 7))
+    torch.save({"epoch": 300, "arch": "vit_small" if vit else "resnet50", "state_dict": sd,
+                "optimizer": _sgd_state(), "scaler": {"scale": 65536.0}}, path)
+
+
+def simsiam_file(path, backbone_sd):
+    """facebookresearch/simsiam main_simsiam.py: {"epoch", "arch", "state_dict", "optimizer"};
+    DDP(SimSiam): module.encoder.* (torchvision resnet, fc = the 3-layer projector),
+    module.predictor.*."""
+    sd = {f"module.encoder.{k}": v for k, v in backbone_sd.items()}
+    sd.update(_mlp("module.encoder.fc.", (512, 512, 512, 128), 8))
+    sd.update(_mlp("module.predictor.", (128, 32, 128), 9))
+    torch.save({"epoch": 100, "arch": "resnet18", "state_dict": sd,
+                "optimizer": _sgd_state()}, path)
+
+
+def swav_file(path, backbone_sd):
+    """The released swav_800ep_pretrain.pth.tar: model.state_dict() of DDP(src/resnet50.py) with
+    no wrapper dict: module.* with torchvision names, module.projection_head.*,
+    module.prototypes.weight. (main_swav.py's own checkpoints wrap it in "state_dict".)"""
+    sd = {f"module.{k}": v for k, v in backbone_sd.items()}
+    sd.update(_mlp("module.projection_head.", (512, 64, 32), 10))
+    sd["module.prototypes.weight"] = torch.randn(100, 32)
+    torch.save(sd, path)
+
+
+def dino_file(path, backbone_sd):
+    """facebookresearch/dino main_dino.py's checkpoint.pth: {"student", "teacher", "optimizer",
+    "epoch", "args", "dino_loss"}; student = DDP(MultiCropWrapper): module.backbone.* and
+    module.head.*; a ResNet teacher has BN so it is DDP-wrapped too (module.backbone.*).
+    DINO evaluates the teacher (eval_linear.py --checkpoint_key teacher)."""
+    import argparse
+    student = {f"module.backbone.{k}": v for k, v in _perturbed(backbone_sd, 11).items()}
+    student.update(_mlp("module.head.mlp.", (512, 64, 32), 12, bn=False))
+    teacher = {f"module.backbone.{k}": v for k, v in backbone_sd.items()}
+    teacher.update(_mlp("module.head.mlp.", (512, 64, 32), 13, bn=False))
+    torch.save({"student": student, "teacher": teacher, "optimizer": _sgd_state(),
+                "epoch": 100, "args": argparse.Namespace(arch="resnet50", patch_size=16),
+                "dino_loss": {"center": torch.zeros(1, 32)}}, path)
+
+
+RELEASED_RESNET = [("moco_v2.pth.tar", moco_v2_file, "module.encoder_q."),
+                   ("moco_v3_r50.pth.tar", moco_v3_file, "module.base_encoder."),
+                   ("simsiam.pth.tar", simsiam_file, "module.encoder."),
+                   ("swav_800ep_pretrain.pth.tar", swav_file, "module."),
+                   ("dino_checkpoint.pth", dino_file, "teacher/module.backbone.")]
+
+
+def test_released_resnet_formats_load_the_encoder_the_reference_evaluates(tmp_path):
+    import simclr_jax
+    from simclr_jax.weights import released
+    model = torchvision_resnet(18)
+    randomize_torch(model, seed=20)
+    x = images(64, seed=21)
+    theirs = torch_features(model, x)
+    backbone_sd = model.state_dict()
+    for name, write, where in RELEASED_RESNET:
+        write(tmp_path / name, backbone_sd)
+        w = released.import_file(str(tmp_path / name))
+        assert where in w.source and w.format == "torchvision_resnet", (name, w.source)
+        assert (w.model_config["depth"], w.normalize, w.image_size) == (18, "imagenet", 224)
+        encoder = simclr_jax.load_encoder(str(tmp_path / name))
+        assert rel_diff(encoder.apply(x), theirs) <= RTOL, name
+    # MoCo v3's momentum encoder on request
+    w = released.import_file(str(tmp_path / "moco_v3_r50.pth.tar"),
+                             prefix="module.momentum_encoder.")
+    assert rel_diff(our_features(w.model_config, {"params": w.params,
+                                                   "batch_stats": w.batch_stats}, x), theirs) > 1e-2

@@ -174,10 +174,14 @@ def _read_json(workdir: str, name: str, what: str) -> dict:
 
 
 def load_pretraining(workdir: str, step: Optional[int] = None):
-    """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir."""
+    """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir, or of a
+    weights file (simclr_jax.weights.released: its backbone in the default pretraining config)."""
     if not workdir:
         raise UserError("set --config.init_from=<pretraining workdir> (the --workdir of a "
                          "pretraining run).")
+    if as_path(workdir).is_file():   # a released checkpoint / exported weights file
+        from simclr_jax.weights import released
+        return released.as_pretraining(workdir)
     config = ml_collections.ConfigDict(_read_json(
         workdir, "config.json", "pass the --workdir of a pretraining run as --config.init_from."))
     if config.get("mode", "pretrain") != "pretrain":
