@@ -508,3 +508,63 @@ def test_released_resnet_formats_load_the_encoder_the_reference_evaluates(tmp_pa
                              prefix="module.momentum_encoder.")
     assert rel_diff(our_features(w.model_config, {"params": w.params,
                                                    "batch_stats": w.batch_stats}, x), theirs) > 1e-2
+
+
+def test_vit_moco_v3_format_loads_the_base_encoder(tmp_path):
+    import simclr_jax
+    model = timm_vit(32)
+    randomize_torch(model, seed=22)
+    with torch.no_grad():        # vits.py: the fixed sin-cos embedding, saved as a Parameter
+        model.pos_embed.copy_(torch.from_numpy(
+            timm_w.vit_lib.build_2d_sincos_position_embedding(2, 2, 384)[None]))
+    moco_v3_file(tmp_path / "vit.pth.tar", model.state_dict(), vit=True)
+    encoder = simclr_jax.load_encoder(str(tmp_path / "vit.pth.tar"))
+    assert encoder.model_config["variant"] == "small" and encoder.image_size == 32
+    x = images(32, seed=23)
+    assert rel_diff(encoder.apply(x), torch_features(model, x)) <= RTOL
+
+
+def test_knn_eval_cli_on_released_files_and_bad_files_in_one_line(tmp_path):
+    """`knn_eval --config.init_from=FILE` through the real command line: a MoCo v2 file
+    evaluates (the other formats share its path: import_file, tested above); a truncated file, another architecture's checkpoint and a file
+    that is no checkpoint give one `error:` line and exit status 2."""
+    import json
+    import os
+    import subprocess
+
+    from conftest import TEST_XLA_FLAGS
+    from tiny_configs import ROOT
+    r18 = torchvision_resnet(18)
+    randomize_torch(r18, seed=24)
+    moco_v2_file(tmp_path / "moco_v2.pth.tar", r18.state_dict())
+    with open(tmp_path / "moco_v2.pth.tar", "rb") as f:
+        (tmp_path / "truncated.pth.tar").write_bytes(f.read()[:4096])
+    torch.save({"state_dict": torchvision.models.mobilenet_v3_small().state_dict()},
+               tmp_path / "mobilenet.pth")
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    data = ["--config.dataset.name=digits", "--config.dataset.image_size=32",
+            "--config.dataset.knn_train_split=train[:5]", "--config.dataset.knn_test_split=test[:2]",
+            "--config.eval.batch_size=16", "--config.eval.knn_k=5"]
+    cases = {"moco_v2.pth.tar": None,
+             "truncated.pth.tar": "cannot be read as a PyTorch checkpoint",
+             "mobilenet.pth": "no ResNet (conv1.weight) or ViT (cls_token) backbone",
+             "notes.txt": "is not a weights file"}
+    env = dict(os.environ, XLA_FLAGS=TEST_XLA_FLAGS, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+               TF_CPP_MIN_LOG_LEVEL="3")
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-m", "simclr_jax.main", "--config", "configs/knn_eval.py",
+         f"--config.init_from={tmp_path / name}", "--workdir", str(tmp_path / f"knn_{name}"),
+         *data], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name in cases}
+    for name, expect in cases.items():
+        _, err = procs[name].communicate(timeout=600)
+        if expect is None:
+            assert procs[name].returncode == 0, err[-3000:]
+            with open(tmp_path / f"knn_{name}" / "knn_eval.json") as f:
+                result = json.load(f)
+            assert result["num_bank_examples"] == 50 and result["num_test_examples"] == 20
+            assert result["knn_top1"] > 0.2, result          # chance: 0.1
+        else:
+            lines = [line for line in err.splitlines() if line.startswith("error:")]
+            assert procs[name].returncode == 2 and "Traceback" not in err, err[-3000:]
+            assert len(lines) == 1 and expect in lines[0] and name in lines[0], lines
