@@ -568,3 +568,103 @@ def test_knn_eval_cli_on_released_files_and_bad_files_in_one_line(tmp_path):
             lines = [line for line in err.splitlines() if line.startswith("error:")]
             assert procs[name].returncode == 2 and "Traceback" not in err, err[-3000:]
             assert len(lines) == 1 and expect in lines[0] and name in lines[0], lines
+
+
+# ----------------------------------------------------------------------------- BYOL (Haiku)
+
+def torch_same_padding_resnet18_with_stage1_projection():
+    """BYOL's Haiku ResNet-18 in torch: every conv and the stem pool TF SAME (at 64 px every
+    feature map is even: a strided 7x7 pads (2, 3), a strided 3x3 and the pool (0, 1)), and a
+    projection shortcut on every group's first block (use_projection=(True,) * 4)."""
+    import torch.nn.functional as F
+    model = torchvision_resnet(18)
+    model.layer1[0].downsample = nn.Sequential(nn.Conv2d(64, 64, 1, bias=False),
+                                               nn.BatchNorm2d(64))
+
+    def same(module, pads):
+        module.padding = 0
+        module.register_forward_pre_hook(lambda m, inp: (F.pad(inp[0], pads),))
+    same(model.conv1, (2, 3, 2, 3))
+    same(model.maxpool, (0, 1, 0, 1))                # after ReLU: zero padding = -inf padding
+    for layer in (model.layer2, model.layer3, model.layer4):
+        same(layer[0].conv1, (0, 1, 0, 1))
+    return model
+
+
+def haiku_byol_layout(sd, top="res_net18"):
+    """(params, state) with the Haiku names of byol/utils/networks.py + haiku/_src/nets/
+    resnet.py (BlockV1) + batch_norm.py, from a torchvision-named ResNet-18 state dict."""
+    params, state = {}, {}
+    t = lambda v: v.numpy().astype(np.float32)                                   # noqa: E731
+
+    def module_name(k):
+        if k.startswith(("conv1", "bn1")):
+            return f"{top}/~/" + ("initial_conv" if k.startswith("conv1") else "initial_batchnorm")
+        layer, block, rest = k.split(".")[0], k.split(".")[1], k.split(".")[2:]
+        base = f"{top}/~/block_group_{int(layer[-1]) - 1}/~/block_{block}/~/"
+        if rest[0] == "downsample":
+            return base + ("shortcut_conv" if rest[1] == "0" else "shortcut_batchnorm")
+        i = int(rest[0][-1]) - 1
+        return base + (f"conv_{i}" if rest[0].startswith("conv") else f"batchnorm_{i}")
+
+    for k, v in sd.items():
+        if k.startswith("fc") or k.endswith("num_batches_tracked"):
+            continue
+        name, leaf = module_name(k), k.split(".")[-1]
+        if v.ndim == 4:
+            params[name] = {"w": t(v).transpose(2, 3, 1, 0)}                    # HWIO
+        elif leaf in ("weight", "bias"):
+            params.setdefault(name, {})["scale" if leaf == "weight" else "offset"] = \
+                t(v).reshape(1, 1, 1, -1)
+        else:
+            avg = t(v).reshape(1, 1, 1, -1)
+            state[f"{name}/~/{'mean_ema' if leaf == 'running_mean' else 'var_ema'}"] = {
+                "counter": np.array(5000, np.int32), "hidden": 0.9 * avg, "average": avg}
+    return params, state
+
+
+def byol_checkpoint_file(path, params, state):
+    """byol/utils/checkpointing.py: dill.dump(dict(experiment_state=<_ByolExperimentState,
+    arrays device_get'ed>, step, rng), protocol=2). The namedtuples live in modules the reader
+    does not have (byol.byol_experiment, byol.utils.optimizers)."""
+    import collections
+    import pickle
+    import types
+    fake = {n: types.ModuleType(n) for n in ("byol", "byol.byol_experiment",
+                                             "byol.utils", "byol.utils.optimizers")}
+    State = collections.namedtuple("_ByolExperimentState", ["online_params", "target_params",
+                                                            "online_state", "target_state",
+                                                            "opt_state"])
+    Lars = collections.namedtuple("LarsState", ["mu"])
+    State.__module__, Lars.__module__ = "byol.byol_experiment", "byol.utils.optimizers"
+    fake["byol.byol_experiment"]._ByolExperimentState = State
+    fake["byol.utils.optimizers"].LarsState = Lars
+    target = {k: {n: a + 0.5 for n, a in v.items()} for k, v in params.items()}
+    sys.modules.update(fake)
+    try:
+        with open(path, "wb") as f:
+            pickle.dump({"experiment_state": State(params, target, state, state, Lars(target)),
+                         "step": 1000, "rng": np.zeros(2, np.uint32)}, f, protocol=2)
+    finally:
+        for n in fake:
+            del sys.modules[n]
+
+
+def test_byol_haiku_checkpoint_needs_same_padding_and_gets_it(tmp_path):
+    """deepmind-research #84: BYOL's weights lose accuracy unless every conv pads as TF SAME.
+    The import selects conv_padding="same" and our features equal the SAME-padded torch
+    ResNet's; the same weights with torchvision's padding compute something else."""
+    import simclr_jax
+    model = torch_same_padding_resnet18_with_stage1_projection()
+    randomize_torch(model, seed=30)
+    params, state = haiku_byol_layout(model.state_dict())
+    byol_checkpoint_file(tmp_path / "byol.pkl", params, state)
+    encoder = simclr_jax.load_encoder(str(tmp_path / "byol.pkl"))
+    cfg = encoder.model_config
+    assert (cfg["conv_padding"], cfg["stem_pool_padding"], cfg["shortcut"]) == (
+        "same", "same", "first_block_of_stage")
+    x = images(64, seed=31)
+    theirs = torch_features(model, x)
+    assert rel_diff(encoder.apply(x), theirs) <= RTOL
+    torch_padded = our_features(dict(cfg, conv_padding="torch"), encoder.variables, x)
+    assert rel_diff(torch_padded, theirs) > 1e-3

@@ -38,7 +38,8 @@ def _build_resnet(cfg) -> nn.Module:
                   shortcut=cfg.get("shortcut", "on_shape_change"),
                   stem_pool_padding=cfg.get("stem_pool_padding", "torch"),
                   conv_init=cfg.get("conv_init", "simclr"),
-                  zero_init_residual=bool(cfg.get("zero_init_residual", True)))
+                  zero_init_residual=bool(cfg.get("zero_init_residual", True)),
+                  conv_padding=cfg.get("conv_padding", "torch"))
 
 
 VIT_VARIANTS = {"small": vit.vit_small, "base": vit.vit_base, "tiny_test": vit.vit_tiny_test}
@@ -69,7 +70,8 @@ def build_backbone(model_cfg) -> nn.Module:
     Fields: name ("resnet" | "vit"); ViT: variant ("small" | "base" | "tiny_test"), patch_size,
     stop_grad_patch_embed; ResNet: depth, width (multiplier), stem ("imagenet" | "cifar"),
     sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name),
-    shortcut, stem_pool_padding, conv_init, zero_init_residual (which reference's ResNet).
+    shortcut, stem_pool_padding, conv_init, zero_init_residual, conv_padding (which reference's
+    ResNet).
     The returned module maps images [B, H, W, 3] to features [B, num_features].
     """
     name = model_cfg.get("name", None)

@@ -22,6 +22,8 @@ torch.load reads, a .safetensors, a plain pickle), then the layout from its keys
 |                                    | teacher by default (eval_linear.py's --checkpoint_key)         |
 | plain torchvision / timm names     | torchvision, timm, DINO's *_pretrain.pth backbones, our export |
 | {"model": ...}                     | detectron2-style pickles of torchvision names (DeiT, ...)      |
+| {"experiment_state": (online_params, ...)} | deepmind-research byol/utils/checkpointing.py (dill     |
+|                                    | pickle of Haiku params): `haiku.py` has the names              |
 
 Our export writes float32; the files' float16/bfloat16 arrays are read as float32. A file that
 is none of these, or a backbone our models cannot hold, is one UserError naming what was found.
@@ -34,7 +36,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from simclr_jax.errors import UserError
-from simclr_jax.weights import files, timm as timm_w, torchvision as tv
+from simclr_jax.weights import files, haiku, timm as timm_w, torchvision as tv
 from simclr_jax.workdir import as_path
 
 # (prefix, what writes it). Tried in this order; the first whose stem is in the file wins.
@@ -62,7 +64,7 @@ class Imported:
     normalize: str
     params: dict
     batch_stats: dict
-    format: str          # "torchvision_resnet" | "timm_vit"
+    format: str          # "torchvision_resnet" | "timm_vit" | "haiku_pickle"
     source: str          # which layout was found, e.g. "state_dict/module.encoder_q."
 
 
@@ -83,7 +85,7 @@ def read(path: str) -> Any:
     if head[:2] == b"PK" or str(path).endswith((".pth", ".pth.tar", ".pt", ".tar")):
         return files.load_pth(path)
     if head[:1] == b"\x80":        # a pickle (protocol 2+): Haiku / detectron2 pickles
-        return files.load_pickle(path)
+        return haiku.load(path)
     raise UserError(f"{path} is not a weights file: neither a PyTorch checkpoint (zip or "
                     f"pickle), a .safetensors nor a pickle (starts with {head[:4]!r})")
 
@@ -154,6 +156,15 @@ def import_file(path: str, container: Optional[str] = None, prefix: Optional[str
     ...) pick another encoder than the default one; `num_heads` states a ViT's head count (a
     state dict does not say it; default: our variant's, MoCo v3's 12)."""
     obj = read(path)
+    found = haiku.find_params(obj) if container is None and prefix is None else None
+    if found is not None:                   # BYOL's Haiku checkpoint
+        try:
+            cfg, variables = haiku.from_haiku(*found)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        return Imported(cfg, IMAGENET[1], IMAGENET[0], variables["params"],
+                        variables["batch_stats"], "haiku_pickle",
+                        "experiment_state.online_params (BYOL Haiku ResNet)")
     sd, where = find_state_dict(obj, container)
     try:
         imported = import_state_dict(sd, prefix, num_heads)
