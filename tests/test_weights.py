@@ -668,3 +668,35 @@ def test_byol_haiku_checkpoint_needs_same_padding_and_gets_it(tmp_path):
     assert rel_diff(encoder.apply(x), theirs) <= RTOL
     torch_padded = our_features(dict(cfg, conv_padding="torch"), encoder.variables, x)
     assert rel_diff(torch_padded, theirs) > 1e-3
+
+
+def test_dino_vit_learned_position_embedding_six_heads_teacher(tmp_path):
+    """DINO's ViT-S/16 (dino/vision_transformer.py: timm names, a learned pos_embed, 6 heads):
+    the full checkpoint's teacher (not DDP-wrapped for a BN-free ViT: `backbone.*`) and the
+    released backbone-only dino_deitsmall16_pretrain.pth (plain names) both import, with
+    pos_embed="learned" and 6 heads, and compute timm's features."""
+    import argparse
+
+    import simclr_jax
+    model = timm_vit(32, num_heads=6)
+    randomize_torch(model, seed=40)                 # pos_embed stays timm's random (learned) one
+    sd = model.state_dict()
+    student = {f"module.backbone.{k}": v for k, v in _perturbed(sd, 41).items()}
+    student.update(_mlp("module.head.mlp.", (384, 64, 32), 42, bn=False))
+    teacher = {f"backbone.{k}": v for k, v in sd.items()}
+    teacher.update(_mlp("head.mlp.", (384, 64, 32), 43, bn=False))
+    torch.save({"student": student, "teacher": teacher, "optimizer": _sgd_state(), "epoch": 100,
+                "args": argparse.Namespace(arch="vit_small", patch_size=16),
+                "dino_loss": {"center": torch.zeros(1, 32)}}, tmp_path / "checkpoint.pth")
+    torch.save(dict(sd), tmp_path / "dino_deitsmall16_pretrain.pth")
+    x = images(32, seed=44)
+    theirs = torch_features(model, x)
+    for name in ("checkpoint.pth", "dino_deitsmall16_pretrain.pth"):
+        encoder = simclr_jax.load_encoder(str(tmp_path / name))
+        cfg = encoder.model_config
+        assert (cfg["pos_embed"], cfg["num_heads"], cfg["pos_embed_grid"]) == ("learned", 6, 2)
+        assert rel_diff(encoder.apply(x), theirs) <= RTOL, name
+    # and back out to timm: the learned embedding and the head count travel along
+    back = timm_w.to_torch(cfg, encoder.variables, 32)
+    np.testing.assert_array_equal(back["pos_embed"], sd["pos_embed"].numpy())
+    assert "num_heads=6" in timm_w.timm_notes(cfg, 32)[0]

@@ -31,6 +31,8 @@ StateDict = Dict[str, np.ndarray]
 VARIANTS = {"small": ("vit_small_patch16_224", 384, 12, 12, 1536),
             "base": ("vit_base_patch16_224", 768, 12, 12, 3072),
             "tiny_test": (None, 32, 2, 4, 64)}
+# heads of the learned-position-embedding family (timm / DeiT / DINO: ViT-S has 6)
+LEARNED_HEADS = {"small": 6, "base": 12, "tiny_test": 4}
 SINCOS_ATOL = 1e-4
 
 
@@ -39,6 +41,7 @@ def _dims(model_cfg):
     if variant not in VARIANTS:
         raise UserError(f"ViT variant {variant!r} has no timm layout; known: {sorted(VARIANTS)}")
     _, d, depth, heads, mlp = VARIANTS[variant]
+    heads = int(model_cfg.get("num_heads") or heads)
     return d, depth, heads, mlp, int(model_cfg.get("patch_size", 16))
 
 
@@ -53,10 +56,11 @@ def timm_constructor(model_cfg, image_size: int) -> dict:
 def timm_notes(model_cfg, image_size: int) -> list:
     name = VARIANTS.get(model_cfg.get("variant", "small"), (None,))[0]
     kw = ", ".join(f"{k}={v!r}" for k, v in timm_constructor(model_cfg, image_size).items())
+    learned = model_cfg.get("pos_embed", "sincos") == "learned"
     notes = [f"load into timm.models.vision_transformer.VisionTransformer({kw}) with "
-             f"load_state_dict(strict=True); pos_embed is the fixed 2D sin-cos embedding "
-             f"(keep it frozen)"]
-    if name:
+             f"load_state_dict(strict=True)" + ("" if learned else "; pos_embed is the fixed 2D "
+                                                "sin-cos embedding (keep it frozen)")]
+    if name and not learned:
         notes.append(f"{name} has the same names and shapes but "
                      f"{'6' if name.startswith('vit_small') else '12'} heads"
                      + (": only num_heads=12 computes this model's function"
@@ -81,7 +85,8 @@ def to_torch(model_cfg, variables, image_size: int = 224) -> StateDict:
     g = image_size // p
     sd: StateDict = {
         "cls_token": f32(P["cls_token"]),                                         # [1, 1, D]
-        "pos_embed": vit_lib.build_2d_sincos_position_embedding(g, g, d)[None],   # [1, 1+N, D]
+        "pos_embed": (f32(P["pos_embed"]) if "pos_embed" in P else                 # [1, 1+N, D]
+                      vit_lib.build_2d_sincos_position_embedding(g, g, d)[None]),
         "patch_embed.proj.weight": np.transpose(f32(P["patch_embed"]["kernel"]),
                                                 (3, 2, 0, 1)),                    # [D, 3, p, p]
         "patch_embed.proj.bias": f32(P["patch_embed"]["bias"]),
@@ -110,7 +115,10 @@ def from_torch(model_cfg, state_dict: StateDict) -> dict:
     used = set()
     take = lambda n: tv._take(state_dict, n, used)                                # noqa: E731
     hd = d // heads
-    _check_pos_embed(take("pos_embed"), d)
+    pos = take("pos_embed")
+    learned = model_cfg.get("pos_embed", "sincos") == "learned"
+    if not learned:
+        _check_pos_embed(pos, d)
     params = {"cls_token": take("cls_token"),
               "patch_embed": {"kernel": np.transpose(take("patch_embed.proj.weight"),
                                                      (2, 3, 1, 0)),               # [p, p, 3, D]
@@ -131,6 +139,8 @@ def from_torch(model_cfg, state_dict: StateDict) -> dict:
             "attn": attn,
             "mlp": {fc: {"kernel": take(t + f"mlp.{fc}.weight").T,
                          "bias": take(t + f"mlp.{fc}.bias")} for fc in ("fc1", "fc2")}}
+    if learned:
+        params["pos_embed"] = pos                                                # [1, 1+N, D]
     _check_tree(params, shapes, "")
     extra = sorted(k for k in state_dict if k not in used and not k.startswith(("head.", "fc_norm.")))
     if extra:
@@ -140,21 +150,40 @@ def from_torch(model_cfg, state_dict: StateDict) -> dict:
 
 
 def infer_config(state_dict: StateDict, num_heads: int | None = None) -> dict:
-    """Our ViT config for a timm-named state dict: the variant with its embed dim and depth."""
+    """Our ViT config for a timm-named state dict: the variant with its embed dim and depth.
+
+    A state dict does not say its head count: with MoCo v3's fixed sin-cos pos_embed it is our
+    variant's (MoCo v3: 12 for ViT-S); with a learned one (timm, DeiT, DINO) it is that family's
+    (6 for ViT-S). `num_heads` overrides both."""
     if "cls_token" not in state_dict or "patch_embed.proj.weight" not in state_dict:
         raise UserError("not a timm ViT state dict: no cls_token / patch_embed.proj.weight")
     d = int(np.shape(state_dict["cls_token"])[-1])
     depth = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.")})
     p = int(np.shape(state_dict["patch_embed.proj.weight"])[-1])
+    pos = np.asarray(state_dict.get("pos_embed", np.zeros((1, 1, d))), np.float32)
+    learned = not _is_sincos(pos, d)
     for variant, (_, vd, vdepth, vheads, _) in VARIANTS.items():
-        if (vd, vdepth) == (d, depth) and num_heads in (None, vheads):
-            return {"name": "vit", "variant": variant, "patch_size": p,
-                    "stop_grad_patch_embed": False, "dtype": "float32"}
+        if (vd, vdepth) == (d, depth) and d % (num_heads or 1) == 0:
+            cfg = {"name": "vit", "variant": variant, "patch_size": p,
+                   "stop_grad_patch_embed": False, "dtype": "float32",
+                   "num_heads": int(num_heads or (LEARNED_HEADS[variant] if learned else vheads))}
+            if learned:
+                cfg["pos_embed"] = "learned"
+                cfg["pos_embed_grid"] = int(round(np.sqrt(pos.shape[1] - 1)))
+            return cfg
     raise UserError(f"a ViT with embed dim {d}, {depth} blocks"
                     + (f", {num_heads} heads" if num_heads else "")
                     + " is none of our variants ("
                     + ", ".join(f"{k}: {v[1]} dim, {v[2]} blocks, {v[3]} heads"
                                 for k, v in VARIANTS.items()) + ")")
+
+
+def _is_sincos(pos, d) -> bool:
+    try:
+        _check_pos_embed(pos, d)
+        return True
+    except UserError:
+        return False
 
 
 def _check_pos_embed(pos, d):
@@ -166,7 +195,7 @@ def _check_pos_embed(pos, d):
     ref = vit_lib.build_2d_sincos_position_embedding(g, g, d)[None]
     if not np.allclose(pos, ref, atol=SINCOS_ATOL):
         raise UserError("pos_embed is a learned position embedding, not MoCo v3's fixed 2D "
-                        "sin-cos one; simclr_jax's ViT computes only the fixed one")
+                        "sin-cos one; build the ViT with pos_embed='learned' (infer_config does)")
 
 
 def _check_tree(tree, shapes, path):
