@@ -524,10 +524,12 @@ def test_vit_moco_v3_format_loads_the_base_encoder(tmp_path):
     assert rel_diff(encoder.apply(x), torch_features(model, x)) <= RTOL
 
 
-def test_knn_eval_cli_on_released_files_and_bad_files_in_one_line(tmp_path):
+def test_knn_eval_cli_on_released_files_and_bad_files_in_one_line(tmp_path, capsys):
     """`knn_eval --config.init_from=FILE` through the real command line: a MoCo v2 file
-    evaluates (the other formats share its path: import_file, tested above); a truncated file, another architecture's checkpoint and a file
-    that is no checkpoint give one `error:` line and exit status 2."""
+    evaluates (the other formats share its path: import_file, tested above); a truncated file
+    gives one `error:` line and exit status 2 there; another architecture's checkpoint and a
+    file that is no checkpoint do the same through the export command line (in-process: each
+    real process costs ~10 s of imports)."""
     import json
     import os
     import subprocess
@@ -546,9 +548,7 @@ def test_knn_eval_cli_on_released_files_and_bad_files_in_one_line(tmp_path):
             "--config.dataset.knn_train_split=train[:5]", "--config.dataset.knn_test_split=test[:2]",
             "--config.eval.batch_size=16", "--config.eval.knn_k=5"]
     cases = {"moco_v2.pth.tar": None,
-             "truncated.pth.tar": "cannot be read as a PyTorch checkpoint",
-             "mobilenet.pth": "no ResNet (conv1.weight) or ViT (cls_token) backbone",
-             "notes.txt": "is not a weights file"}
+             "truncated.pth.tar": "cannot be read as a PyTorch checkpoint"}
     env = dict(os.environ, XLA_FLAGS=TEST_XLA_FLAGS, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
                TF_CPP_MIN_LOG_LEVEL="3")
     procs = {name: subprocess.Popen(
@@ -568,6 +568,12 @@ def test_knn_eval_cli_on_released_files_and_bad_files_in_one_line(tmp_path):
             lines = [line for line in err.splitlines() if line.startswith("error:")]
             assert procs[name].returncode == 2 and "Traceback" not in err, err[-3000:]
             assert len(lines) == 1 and expect in lines[0] and name in lines[0], lines
+    for name, expect in (("mobilenet.pth", "no ResNet (conv1.weight) or ViT (cls_token) backbone"),
+                         ("notes.txt", "is not a weights file")):
+        rc, _, err = export_cli(capsys, "--workdir", str(tmp_path / name), "--format",
+                                "torchvision", "--out", str(tmp_path / "x.pth"))
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error:"), err
+        assert expect in err[0] and name in err[0], err
 
 
 # ----------------------------------------------------------------------------- BYOL (Haiku)

@@ -1,5 +1,6 @@
 """Reading and writing state-dict files: `.safetensors` (here, numpy only), `.pth` (torch,
-imported inside the functions that need it) and pickles (detectron2, Haiku).
+imported inside the functions that need it) and detectron2's pickles (reading pickles, with
+stand-ins for classes we do not import, is `haiku.load`).
 
 Why safetensors without the `safetensors` package: the format is one little-endian u64 header
 length, a JSON header {name: {"dtype", "shape", "data_offsets"}} and the raw bytes, ~40 lines of
@@ -112,17 +113,6 @@ def save_pth(path: str, state_dict: Dict[str, np.ndarray]) -> None:
     with as_path(path).open("wb") as f:
         torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
                    f)
-
-
-def load_pickle(path: str) -> Any:
-    """A pickle (detectron2's .pkl, Haiku parameter pickles). Pickles run code: only load files
-    you trust, as with torch.load(weights_only=False)."""
-    try:
-        with as_path(path).open("rb") as f:
-            return pickle.load(f)
-    except Exception as e:
-        raise UserError(f"{path} cannot be unpickled (truncated, or not a pickle): "
-                        f"{type(e).__name__}: {str(e)[:120]}") from None
 
 
 def save_pickle(path: str, obj: Any) -> None:

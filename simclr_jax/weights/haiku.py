@@ -22,7 +22,7 @@ normalised with ImageNet's mean/std (byol/utils/dataset.py normalize_images).
 Unpickling the file needs the classes it names (the namedtuple, Haiku's FlatMapping, BYOL's
 optimizer state); `load` stands in a plain container for any class outside numpy and the
 standard containers, so neither byol nor haiku needs to be installed. Pickles run code: only
-load files you trust.
+load files you trust (`load` reaches no callable but containers and array reconstruction).
 """
 from __future__ import annotations
 
@@ -37,7 +37,16 @@ from simclr_jax.models import resnet
 from simclr_jax.weights import torchvision as tv
 from simclr_jax.workdir import as_path
 
-SAFE_MODULES = ("numpy", "collections", "builtins", "copyreg", "_codecs", "jax", "jaxlib")
+# The only callables a pickle may reach: containers and array reconstruction. Everything else
+# (the namedtuples, Haiku's FlatMapping, BYOL's optimizer state, and anything malicious) is a Stub.
+SAFE = {"builtins": {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex",
+                     "bool", "str", "bytes", "bytearray", "object", "slice"},
+        "collections": {"OrderedDict", "defaultdict"}, "copyreg": {"_reconstructor"},
+        "_codecs": {"encode"},
+        "numpy": {"dtype", "ndarray"}, "numpy.core.multiarray": {"_reconstruct", "scalar"},
+        "numpy._core.multiarray": {"_reconstruct", "scalar"},
+        "numpy.core.numeric": {"_frombuffer"}, "numpy._core.numeric": {"_frombuffer"},
+        "numpy.dtypes": None, "jax._src.array": {"_reconstruct_array"}}
 EXPERIMENT_FIELDS = ("online_params", "target_params", "online_state", "target_state",
                      "opt_state")
 
@@ -46,9 +55,12 @@ class Stub:
     """Stand-in for a class the pickle names but we do not import: keeps its arguments
     (a namedtuple's fields), its state (an object's __dict__) and its items (a mapping's)."""
 
+    args: tuple = ()
+    state: Any = None
+
     def __new__(cls, *args, **kwargs):      # NEWOBJ (namedtuples) calls only __new__
         obj = object.__new__(cls)
-        obj.args, obj.state, obj.items = args, None, {}
+        obj.args = args
         return obj
 
     def __init__(self, *args, **kwargs):
@@ -58,7 +70,7 @@ class Stub:
         self.state = state
 
     def __setitem__(self, key, value):
-        self.items[key] = value
+        self.__dict__.setdefault("entries", {})[key] = value
 
 
 def _stub_class(module: str, name: str):
@@ -67,7 +79,7 @@ def _stub_class(module: str, name: str):
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if module.split(".")[0] in SAFE_MODULES:
+        if module in SAFE and (SAFE[module] is None or name in SAFE[module]):
             return super().find_class(module, name)
         return _stub_class(module, name)
 
@@ -86,8 +98,8 @@ def load(path: str) -> Any:
 def _plain(obj):
     """Stubs -> dicts (mappings: their items; namedtuples: their fields by position)."""
     if isinstance(obj, Stub):
-        if obj.items:
-            return _plain(dict(obj.items))
+        if obj.__dict__.get("entries"):
+            return _plain(dict(obj.entries))
         if isinstance(obj.state, dict) and obj.state:
             inner = obj.state.get("_data", obj.state.get("_mapping", obj.state))
             return _plain(dict(inner))
