@@ -98,16 +98,23 @@ def _encoder_from(module, model_cfg: dict, image_size: int, normalize: str, para
 
 def _method_encoder(config: dict):
     """(backbone module, encoder spec) of a pretraining config's method (the encoder contract)."""
-    from simclr_jax.methods import get_method
+    from simclr_jax.methods import method_of
     cfg = ml_collections.ConfigDict(config)
-    spec = get_method(cfg.method).encoder(cfg)
+    spec = method_of(cfg).encoder(cfg)
     return spec.backbone, spec
 
 
 def load_encoder(path: str, step: int | None = None) -> Encoder:
-    """Encoder from a pretraining workdir (config.json + checkpoints/) or an export directory."""
+    """Encoder from a pretraining workdir (config.json + checkpoints/), an export directory, or
+    a weights file (torchvision / timm names, the released MoCo, SimSiam, SwAV, DINO
+    checkpoints: simclr_jax.weights.released)."""
     from simclr_jax.methods.legacy import migrate_config
     root = as_path(path)
+    if root.is_file():   # a released checkpoint or a --format torchvision/timm export
+        from simclr_jax.weights import released
+        w = released.import_file(path)
+        return _encoder_from(build_backbone(ml_collections.ConfigDict(w.model_config)),
+                             w.model_config, w.image_size, w.normalize, w.params, w.batch_stats)
     if (root / ENCODER_CONFIG).exists():
         meta = json.loads((root / ENCODER_CONFIG).read_text())
         arrays = ocp.StandardCheckpointer().restore(root / "encoder")
@@ -116,7 +123,7 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
                   build_backbone(ml_collections.ConfigDict(migrate_config(
                       {"model": meta["model"]})["model"])))
         return _encoder_from(module, meta["model"], meta["image_size"], meta["normalize"],
-                             arrays["params"], arrays["batch_stats"], pre)
+                             arrays["params"], arrays.get("batch_stats", {}), pre)  # ViT: none
     workdir = root.parent if root.name == "checkpoints" else root
     if not (workdir / "config.json").exists():
         raise UserError(f"{path} is neither a pretraining workdir (no config.json) nor an export "
@@ -156,6 +163,11 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--format", default="native",
+                   choices=("native", "torchvision", "timm", "detectron2"),
+                   help="native: an orbax directory for load_encoder (default); torchvision / "
+                        "timm: a .pth or .safetensors state dict; detectron2: a .pkl "
+                        "(simclr_jax.weights)")
     p.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                    help="join a JAX cluster as simclr_jax.main does")
     p.add_argument("--coordinator_address", default=None)
@@ -166,12 +178,22 @@ def main(argv=None):
     try:
         distributed.join(a.distributed, distributed.resolve_settings(
             a.coordinator_address, a.num_processes, a.process_id))
-        out = export_encoder(a.workdir, a.out, a.step)
+        if a.format == "native":
+            out, notes = export_encoder(a.workdir, a.out, a.step), []
+        else:
+            from simclr_jax.weights import formats
+            enc = load_encoder(a.workdir, a.step)
+            out = a.out
+            if jax.process_index() == 0:
+                notes = formats.export(enc.model_config, enc.variables, enc.image_size,
+                                       enc.normalize, a.format, a.out)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(out)
+        for note in notes:
+            print(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -103,9 +103,9 @@ def _encoder_and_projector(meta: dict, with_projector: bool):
     from simclr_jax.methods.legacy import migrate_config
     pre = meta.get("pretraining")
     if pre:   # the method's encoder, with the classifier's model settings (e.g. global BN)
-        from simclr_jax.methods import get_method
+        from simclr_jax.methods import method_of
         pre = ml_collections.ConfigDict({**migrate_config(pre), "model": meta["model"]})
-        method = get_method(pre.method)
+        method = method_of(pre)
         projector = method.build_network(pre, 0).projector if with_projector else None
         return method.encoder(pre).backbone, projector
     backbone = build_backbone(ml_collections.ConfigDict(meta["model"]))
@@ -192,10 +192,14 @@ def _read_json(workdir: str, name: str, what: str) -> dict:
 
 
 def load_pretraining(workdir: str, step: Optional[int] = None):
-    """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir."""
+    """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir, or of a
+    weights file (simclr_jax.weights.released: its backbone in the default pretraining config)."""
     if not workdir:
         raise UserError("set --config.init_from=<pretraining workdir> (the --workdir of a "
                          "pretraining run).")
+    if as_path(workdir).is_file():   # a released checkpoint / exported weights file
+        from simclr_jax.weights import released
+        return released.as_pretraining(workdir)
     from simclr_jax.methods.legacy import migrate_config
     config = ml_collections.ConfigDict(migrate_config(_read_json(
         workdir, "config.json", "pass the --workdir of a pretraining run as --config.init_from.")))
@@ -208,8 +212,8 @@ def load_pretraining(workdir: str, step: Optional[int] = None):
 def encoder_arrays(config, arrays: dict) -> dict:
     """A pretraining checkpoint's arrays as its method's encoder sees them: params and
     batch_stats in the online network's naming (methods.EncoderSpec.variables), plus the step."""
-    from simclr_jax.methods import get_method
-    variables = get_method(config.method).encoder(config).variables(arrays)
+    from simclr_jax.methods import method_of
+    variables = method_of(config).encoder(config).variables(arrays)
     return {**variables, "step": arrays["step"]}
 
 

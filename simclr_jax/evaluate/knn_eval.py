@@ -15,7 +15,7 @@ from simclr_jax import parallel
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import knn, supervised
-from simclr_jax.methods import encoder_network, get_method
+from simclr_jax.methods import encoder_network, method_of
 from simclr_jax.errors import UserError
 
 RESULTS = "knn_eval.json"
@@ -53,7 +53,7 @@ def run(config, workdir: str) -> dict:
     resolved = resolve(config, pre)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(resolved.eval.batch_size, mesh, "eval.batch_size")
-    network = encoder_network(get_method(pre.method), pre)   # the method's encoder
+    network = encoder_network(method_of(pre), pre)   # the method's encoder
     ds, ev = resolved.dataset, resolved.eval
     evaluator = knn.KnnEvaluator(
         network, mesh, bank=sources.get_source(ds.name, ds.knn_train_split, ds.data_dir),

@@ -196,6 +196,12 @@ def get_method(name: str) -> Method:
     return _module(name).METHOD
 
 
+def method_of(config) -> Method:
+    """The config's method; a config without one (a backbone imported from a weights file)
+    gets the contract's defaults: its backbone is the encoder."""
+    return get_method(config.method) if config.get("method") else Method()
+
+
 def config_sections() -> dict:
     """{section name: default ConfigDict} of every method (the config schema's method part)."""
     sections = {}

@@ -38,7 +38,8 @@ def _build_resnet(cfg) -> nn.Module:
                   shortcut=cfg.get("shortcut", "on_shape_change"),
                   stem_pool_padding=cfg.get("stem_pool_padding", "torch"),
                   conv_init=cfg.get("conv_init", "fan_in_truncated_normal"),
-                  zero_init_residual=bool(cfg.get("zero_init_residual", True)))
+                  zero_init_residual=bool(cfg.get("zero_init_residual", True)),
+                  conv_padding=cfg.get("conv_padding", "torch"))
 
 
 VIT_VARIANTS = {"small": vit.vit_small, "base": vit.vit_base, "tiny_test": vit.vit_tiny_test}
@@ -48,10 +49,17 @@ def _build_vit(cfg) -> nn.Module:
     variant = cfg.get("variant", "small")
     if variant not in VIT_VARIANTS:
         raise UserError(f"model.variant must be one of {sorted(VIT_VARIANTS)}, got {variant!r}")
+    extra = {}     # imported timm / DINO ViTs: a learned position embedding, their head count
+    if cfg.get("pos_embed", None) is not None:
+        extra["pos_embed"] = cfg["pos_embed"]
+    if cfg.get("pos_embed_grid", None) is not None:
+        extra["pos_embed_grid"] = int(cfg["pos_embed_grid"])
+    if cfg.get("num_heads", None) is not None:
+        extra["num_heads"] = int(cfg["num_heads"])
     return VIT_VARIANTS[variant](patch_size=int(cfg.get("patch_size", 16)),
                                  stop_grad_patch_embed=bool(cfg.get("stop_grad_patch_embed",
                                                                     False)),
-                                 dtype=compute_dtype(cfg.get("dtype", "float32")))
+                                 dtype=compute_dtype(cfg.get("dtype", "float32")), **extra)
 
 
 def frozen_param_paths(model_cfg) -> tuple:
@@ -75,9 +83,10 @@ def build_backbone(model_cfg) -> nn.Module:
     """Backbone module for `model_cfg` (a ConfigDict or dict-like with `.get`).
 
     Fields: name ("resnet" | "vit"); ViT: variant ("small" | "base" | "tiny_test"), patch_size,
-    stop_grad_patch_embed; ResNet: depth, width (multiplier), stem ("imagenet" | "cifar"),
+    stop_grad_patch_embed, pos_embed ("sincos" | "learned"), pos_embed_grid, num_heads (None: the variant's); ResNet: depth, width (multiplier), stem ("imagenet" | "cifar"),
     sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name),
-    shortcut, stem_pool_padding, conv_init, zero_init_residual (which reference's ResNet).
+    shortcut, stem_pool_padding, conv_init, zero_init_residual, conv_padding (which reference's
+    ResNet).
     The returned module maps images [B, H, W, 3] to features [B, num_features].
     """
     name = model_cfg.get("name", None)

@@ -13,6 +13,9 @@ Facts taken from the references (torchvision ResNet, SimCLR's `tf2/resnet.py`):
   odd and even input sizes give the same alignment as the references. The stem max pool
   (`stem_pool_padding`): "torch" pads 1 on each side (torchvision, MoCo); "same" is TF's SAME,
   (0, 1) on even sizes (SimCLR tf2, BYOL).
+- Conv padding (`conv_padding`): "torch" as above; "same" is TF/Haiku SAME on every conv, which
+  on even sizes pads a strided 7x7 (2, 3) and a strided 3x3 (0, 1): BYOL's Haiku ResNet (its
+  released weights compute their published accuracy only with it, deepmind-research #84).
 - Projection shortcut (1x1 conv with the block's stride + BN), `shortcut`: "on_shape_change"
   (torchvision: ResNet-18 11,176,512, ResNet-50 23,508,032 parameters) or
   "first_block_of_stage" (SimCLR tf2's `use_projection=True` on every stage's first block,
@@ -46,6 +49,7 @@ CONV_INITS = {"fan_in_truncated_normal": nn.initializers.variance_scaling(1.0, "
 CONV_INIT = CONV_INITS["fan_in_truncated_normal"]
 SHORTCUTS = ("on_shape_change", "first_block_of_stage")
 POOL_PADDINGS = ("torch", "same")
+CONV_PADDINGS = ("torch", "same")
 SK_MIN_DIM = 32            # SimCLRv2: squeeze width = max(int(filters * sk_ratio), 32)
 
 
@@ -66,7 +70,7 @@ def num_features(depth: int, width_multiplier: float = 1.0) -> int:
 
 def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float,
                  shortcut: str = "on_shape_change", stem_pool_padding: str = "torch",
-                 conv_init: str = "fan_in_truncated_normal") -> None:
+                 conv_init: str = "fan_in_truncated_normal", conv_padding: str = "torch") -> None:
     if depth not in STAGE_SIZES:
         raise UserError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth!r}")
     if stem not in STEMS:
@@ -77,16 +81,22 @@ def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float
         raise UserError(f"sk_ratio must be >= 0 (0 disables Selective Kernel), got {sk_ratio!r}")
     for field, value, valid in (("shortcut", shortcut, SHORTCUTS),
                                 ("stem_pool_padding", stem_pool_padding, POOL_PADDINGS),
-                                ("conv_init", conv_init, tuple(CONV_INITS))):
+                                ("conv_init", conv_init, tuple(CONV_INITS)),
+                                ("conv_padding", conv_padding, CONV_PADDINGS)):
         if value not in valid:
             raise UserError(f"ResNet {field} must be one of {valid}, got {value!r}")
+    if conv_padding == "same" and sk_ratio > 0:
+        raise UserError("conv_padding='same' is for plain ResNets (Haiku's); SK-ResNets follow "
+                        "SimCLR's fixed padding")
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, dtype: Any, name: str,
-         kernel_init: Any = CONV_INIT) -> nn.Conv:
-    """Bias-free conv with symmetric k // 2 padding (torchvision / SimCLR alignment)."""
+         kernel_init: Any = CONV_INIT, padding: str = "torch") -> nn.Conv:
+    """Bias-free conv with symmetric k // 2 padding (torchvision / SimCLR alignment), or TF SAME
+    (padding="same", Haiku's)."""
     pad = ((kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2)
-    return nn.Conv(features, (kernel, kernel), (strides, strides), padding=(pad, pad),
+    return nn.Conv(features, (kernel, kernel), (strides, strides),
+                   padding="SAME" if padding == "same" else (pad, pad),
                    use_bias=False, kernel_init=kernel_init, dtype=dtype,
                    param_dtype=jnp.float32, name=name)
 
@@ -167,11 +177,13 @@ class BasicBlock(nn.Module):
     kernel_init: Any = CONV_INIT
     zero_init_residual: bool = True
     project_shortcut: bool = False     # a projection even when the shape does not change
+    conv_padding: str = "torch"
 
     @nn.compact
     def __call__(self, x, train: bool):
         ura = not train
-        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
+        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init,
+                    padding=self.conv_padding)
         shortcut = x
         if self.project_shortcut or self.strides != 1 or x.shape[-1] != self.filters:
             shortcut = Shortcut(self.filters, self.strides, self.resnet_d, self.bn, self.dtype,
@@ -194,11 +206,13 @@ class BottleneckBlock(nn.Module):
     kernel_init: Any = CONV_INIT
     zero_init_residual: bool = True
     project_shortcut: bool = False
+    conv_padding: str = "torch"
 
     @nn.compact
     def __call__(self, x, train: bool):
         ura = not train
-        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init)
+        c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init,
+                    padding=self.conv_padding)
         out = 4 * self.filters
         shortcut = x
         if self.project_shortcut or self.strides != 1 or x.shape[-1] != out:
@@ -223,8 +237,8 @@ class ResNet(nn.Module):
 
     `dtype` is the compute dtype (bfloat16 on accelerators); parameters and BN statistics stay
     float32. `bn_group_size` is passed to every BN (None: global batch statistics).
-    `shortcut`, `stem_pool_padding`, `conv_init`, `zero_init_residual`: which reference's
-    architecture and initialisation (module docstring).
+    `shortcut`, `stem_pool_padding`, `conv_init`, `zero_init_residual`, `conv_padding`: which
+    reference's architecture and initialisation (module docstring).
     """
     depth: int = 50
     width_multiplier: float = 1.0
@@ -238,10 +252,11 @@ class ResNet(nn.Module):
     stem_pool_padding: str = "torch"
     conv_init: str = "fan_in_truncated_normal"
     zero_init_residual: bool = True
+    conv_padding: str = "torch"
 
     def __post_init__(self):
         check_config(self.depth, self.stem, self.width_multiplier, self.sk_ratio, self.shortcut,
-                     self.stem_pool_padding, self.conv_init)
+                     self.stem_pool_padding, self.conv_init, self.conv_padding)
         super().__post_init__()
 
     @property
@@ -254,7 +269,7 @@ class ResNet(nn.Module):
         bn = partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                      group_size=self.bn_group_size)
         kernel_init = CONV_INITS[self.conv_init]
-        c = partial(conv, dtype=self.dtype, kernel_init=kernel_init)
+        c = partial(conv, dtype=self.dtype, kernel_init=kernel_init, padding=self.conv_padding)
         ura = not train
         w = self.width_multiplier
         x = x.astype(self.dtype)                                            # [B, H, W, 3]
@@ -281,7 +296,8 @@ class ResNet(nn.Module):
                 name = f"stage{stage + 1}_block{b + 1}"
                 common = dict(dtype=self.dtype, kernel_init=kernel_init,
                               zero_init_residual=self.zero_init_residual,
-                              project_shortcut=project, name=name)
+                              project_shortcut=project, conv_padding=self.conv_padding,
+                              name=name)
                 if is_bottleneck(self.depth):
                     x = BottleneckBlock(scaled(width, w), strides, bn, self.sk_ratio,
                                         **common)(x, train)

@@ -29,6 +29,10 @@ Deviations from the reference (where flax differs or the reference is ambiguous)
   grid gives token (row r, column c) the vector [sin(r w), cos(r w), sin(c w), cos(c w)]; we use
   exactly that for every grid, so non-square grids get the natural generalisation (the reference
   mixes up rows and columns when H != W).
+- `pos_embed="learned"` (not MoCo v3's; for imported DINO / DeiT / timm weights): a parameter
+  "pos_embed" [1, 1 + N, D] for the grid seen at init, added to the class token too, as timm;
+  at another grid its patch part is resized bicubically (close to, not equal to, DINO's
+  interpolate_pos_encoding, which uses torch's bicubic kernel).
 - LayerNorm uses the two-pass variance (use_fast_variance=False), like PyTorch.
 - The final features are returned in float32 whatever the compute `dtype` (as ResNet does).
 """
@@ -162,6 +166,8 @@ class ViT(nn.Module):
     patch_size: int = 16
     stop_grad_patch_embed: bool = False
     dtype: Any = jnp.float32
+    pos_embed: str = "sincos"              # "sincos" (MoCo v3, fixed) | "learned" (timm, DINO)
+    pos_embed_grid: int = 0                # learned: its g x g grid (0: the grid seen at init)
 
     @property
     def num_features(self) -> int:
@@ -178,6 +184,8 @@ class ViT(nn.Module):
         if self.hidden_dim % self.num_heads != 0:
             raise UserError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
                              f"({self.num_heads})")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise UserError(f"ViT pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
         if self.hidden_dim % 4 != 0:
             raise UserError(f"hidden_dim must be divisible by 4 for the 2D sin-cos position "
                              f"embedding, got {self.hidden_dim}")
@@ -204,27 +212,47 @@ class ViT(nn.Module):
         x = x.reshape(b, gh * gw, d)                                         # [B, N, D] row-major
         cls = self.param("cls_token", nn.initializers.normal(CLS_INIT_STD), (1, 1, d), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), x], axis=1)
-        pos = build_2d_sincos_position_embedding(gh, gw, d)                 # [1+N, D] constant
-        x = x + jnp.asarray(pos, self.dtype)[None]                          # [B, 1+N, D]
+        if self.pos_embed == "learned":
+            x = x + learned_position_embedding(self, gh, gw, d,
+                                               self.pos_embed_grid).astype(self.dtype)
+        else:
+            pos = build_2d_sincos_position_embedding(gh, gw, d)             # [1+N, D] constant
+            x = x + jnp.asarray(pos, self.dtype)[None]                      # [B, 1+N, D]
         for i in range(self.depth):
             x = Block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
         x = layer_norm(self.dtype, "norm")(x)
         return x[:, 0].astype(jnp.float32)                                   # [B, D]
 
 
+def learned_position_embedding(module: nn.Module, gh: int, gw: int, d: int, grid: int = 0):
+    """timm's learned "pos_embed" [1, 1 + g*g, D] (g = `grid`, or the input's grid when 0);
+    resized bicubically to (gh, gw) when the input's grid differs."""
+    shape = (1, 1 + grid * grid, d) if grid else (1, 1 + gh * gw, d)
+    pos = module.param("pos_embed", nn.initializers.normal(0.02), shape, jnp.float32)
+    n = pos.shape[1] - 1
+    if n == gh * gw:
+        return pos
+    g = int(round(np.sqrt(n)))
+    grid = jax.image.resize(pos[0, 1:].reshape(g, g, d), (gh, gw, d), "bicubic")
+    return jnp.concatenate([pos[:, :1], grid.reshape(1, gh * gw, d)], axis=1)
+
+
 def vit_small(patch_size: int = 16, **kw) -> ViT:
     """MoCo v3 ViT-S: 384 dim, 12 blocks, 12 heads (DeiT-S has 6; MoCo v3 uses 12), MLP 1536."""
-    return ViT(hidden_dim=384, depth=12, num_heads=12, mlp_dim=1536, patch_size=patch_size, **kw)
+    return ViT(**{**dict(hidden_dim=384, depth=12, num_heads=12, mlp_dim=1536,
+                          patch_size=patch_size), **kw})
 
 
 def vit_base(patch_size: int = 16, **kw) -> ViT:
     """ViT-B: 768 dim, 12 blocks, 12 heads, MLP 3072."""
-    return ViT(hidden_dim=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=patch_size, **kw)
+    return ViT(**{**dict(hidden_dim=768, depth=12, num_heads=12, mlp_dim=3072,
+                          patch_size=patch_size), **kw})
 
 
 def vit_tiny_test(patch_size: int = 4, **kw) -> ViT:
     """A 2-block, 32-dim ViT for fast tests (patch 4 suits 32 px images)."""
-    return ViT(hidden_dim=32, depth=2, num_heads=4, mlp_dim=64, patch_size=patch_size, **kw)
+    return ViT(**{**dict(hidden_dim=32, depth=2, num_heads=4, mlp_dim=64,
+                          patch_size=patch_size), **kw})
 
 
 __all__ = ["ViT", "PatchEmbed", "Block", "MLP", "build_2d_sincos_position_embedding",
