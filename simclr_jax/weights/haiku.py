@@ -149,7 +149,8 @@ def infer_config(params: Dict[str, dict]) -> tuple:
     c0 = np.shape(params[f"{top}/~/initial_conv"]["w"])[-1]
     return ({"name": "resnet", "depth": depth, "width": c0 / 64.0, "stem": "imagenet",
              "sk_ratio": 0.0, "shortcut": "first_block_of_stage", "stem_pool_padding": "same",
-             "conv_padding": "same", "conv_init": "fan_in_truncated_normal", "zero_init_residual": True,
+             "conv_padding": "same", "conv_init": "fan_in_truncated_normal",
+             "zero_init_residual": True,
              "bn_group_size": None, "dtype": "float32"}, top)
 
 
