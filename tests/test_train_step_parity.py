@@ -3,12 +3,17 @@
 This is the test of global negatives and cross-replica BN: the loss is written over the global
 batch and XLA must insert the collectives, so the sharded step must match the unsharded one.
 """
+import golden_numerics
 import jax
 import numpy as np
 import pytest
 from tiny_configs import random_batch, tiny
 
 from simclr_jax import optim, parallel, train
+
+# tests/golden/pre_plugin_parity.json: the one-device runs below as the code before the method
+# plug-in ran them (its train.py's optimizer), see tests/golden_numerics.py.
+PARITY_GOLDEN = golden_numerics.load("pre_plugin_parity.json")
 
 # (config file, preset, peak LR of the 2-step schedule)
 CASES = [("quickstart.py", None, 0.5),
@@ -31,19 +36,22 @@ def run_steps(config, devices, batches, peak_lr=0.5):
     schedule = optim.make_lr_schedule("cosine", peak_lr=peak_lr, total_steps=total, warmup_steps=0,
                                       boundaries=(), steps_per_epoch=1)
     _, _, _, state, step, _ = train.build_step(config, mesh, schedule, total)
-    losses = []
+    losses, emas = [], []
     for b in batches:
         state, metrics = step(state, parallel.to_global(mesh, b))
         losses.append(float(metrics["loss"]))
-    return jax.device_get(state), losses
+        emas.append(float(metrics.get("ema_momentum", -1.0)))
+    return jax.device_get(state), losses, emas
 
 
 @pytest.mark.parametrize("file,preset,peak_lr", CASES)
 def test_eight_devices_equal_one_device(file, preset, peak_lr):
     config = tiny(file, preset, batch_size=16, image_size=16)
     batches = [random_batch(16, 16, seed=s) for s in range(2)]
-    s8, l8 = run_steps(config, jax.devices(), batches, peak_lr)
-    s1, l1 = run_steps(config, jax.devices()[:1], batches, peak_lr)
+    s8, l8, _ = run_steps(config, jax.devices(), batches, peak_lr)
+    s1, l1, e1 = run_steps(config, jax.devices()[:1], batches, peak_lr)
+    # The one-device run is also the run of the code before the method plug-in (a47d48a).
+    golden_numerics.assert_matches(PARITY_GOLDEN[f"{file}:{preset}"], s1, l1, e1)
     assert len(jax.devices()) == 8
     np.testing.assert_allclose(l8, l1, rtol=1e-5, atol=1e-6)
     for name in ("params", "batch_stats", "method_state"):
