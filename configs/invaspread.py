@@ -10,7 +10,7 @@ cifar10 — the official code (mangye16/Unsupervised_Embedding_Learning, demo_se
     flip, CIFAR mean/std. BN over groups of 64 (the reference's per-GPU batch: DataParallel on
     the README's 4 GPUs). kNN monitor as the reference's: k 200, weights exp(s / 0.1), on the
     128-d embedding of the un-augmented training set.
-    Published: CIFAR-10 kNN top-1 83.6 (paper, Table 1; the code reports the best epoch).
+    Published: CIFAR-10 kNN top-1 83.6 (paper; the code prints the best epoch's).
     Hardware: the README's command uses 4 GPUs (type and time not stated); one accelerator
     fits it (batch 128 of 32 px).
     python -m simclr_jax.main --config configs/invaspread.py:cifar10 --workdir /tmp/invaspread
