@@ -21,7 +21,8 @@ for file, names in {
                        "cifar10_colab_symmetric"),
         "moco_v3.py": ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base",
                        "cifar10"),
-        "byol.py": ("imagenet_300ep", "imagenet_1000ep", "cifar10")}.items():
+        "byol.py": ("imagenet_300ep", "imagenet_1000ep", "cifar10"),
+        "invaspread.py": ("cifar10", "cifar10_paper")}.items():
     PRESETS += [(file, name) for name in names]
 
 
