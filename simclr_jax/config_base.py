@@ -35,6 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_schedule = "cosine"               # "cosine" | "step" | "constant" | "cosine_per_epoch"
                                            # | "cosine_per_epoch_from_1" (optim.make_lr_schedule)
     c.lr_boundaries_epochs = ()            # for "step": epochs where the LR is multiplied by 0.1
+    c.lr_boundary_factors = ()             # for "step", optional: LR = peak x factors[i] from
+                                           # boundary i on (one per boundary, not cumulative)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "lars"              # "lars" | "sgd" | "adamw"

@@ -102,21 +102,30 @@ def warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int =
 
 
 def step_schedule(peak_lr: float, total_steps: int, warmup_steps: int,
-                  boundaries: Sequence[int], factor: float = 0.1) -> Schedule:
+                  boundaries: Sequence[int], factor: float = 0.1,
+                  factors: Sequence[float] = ()) -> Schedule:
     """Linear warmup, then peak * factor^(number of boundaries <= t) (MoCo v1: x0.1 at epochs
     120 and 160 of 200). `boundaries` are absolute steps (make_lr_schedule converts epochs);
-    boundaries past total_steps are simply never reached."""
+    boundaries past total_steps are simply never reached.
+
+    factors: instead, the LR is peak * factors[i] from boundary i on (one per boundary, not
+    cumulative: InvaSpread's 0.1, 0.05, 0.01 at epochs 120, 160, 200)."""
     _check_lengths(total_steps, warmup_steps)
     bounds = [int(b) for b in boundaries]
     if any(b <= 0 for b in bounds) or sorted(bounds) != bounds:
         raise UserError(f"step-schedule boundaries must be positive and increasing, got "
                          f"{tuple(boundaries)}.")
+    if factors and (len(factors) != len(bounds) or any(f <= 0 for f in factors)):
+        raise UserError(f"lr_boundary_factors={tuple(factors)}: give one positive factor per "
+                        f"boundary {tuple(boundaries)} (or none for x{factor} at each).")
+    ratios = ([f / prev for f, prev in zip(factors, (1.0, *factors[:-1]))] if factors
+              else [factor] * len(bounds))         # piecewise_constant multiplies its scales
     # join_schedules hands the second schedule t - warmup_steps; shift the boundaries with it.
     # A boundary inside the warmup takes effect when the warmup ends.
     scales: dict[int, float] = {}
-    for b in bounds:
+    for b, ratio in zip(bounds, ratios):
         b = max(b - warmup_steps, 0)
-        scales[b] = scales.get(b, 1.0) * factor
+        scales[b] = scales.get(b, 1.0) * ratio
     stepped = optax.piecewise_constant_schedule(peak_lr, scales)
     return _after_warmup(peak_lr, warmup_steps, stepped)
 
@@ -150,12 +159,12 @@ def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch:
 
 def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
                      boundaries: Sequence[float] = (), steps_per_epoch: int | None = None,
-                     factor: float = 0.1) -> Schedule:
+                     factor: float = 0.1, factors: Sequence[float] = ()) -> Schedule:
     """Schedule by name: "cosine" | "step" | "constant" | "cosine_per_epoch" (MoCo) |
     "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab).
 
     For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
-    step), otherwise absolute steps.
+    step), otherwise absolute steps; `factors` (one per boundary) replace x`factor` at each.
     """
     if name == "cosine":
         return warmup_cosine_schedule(peak_lr, total_steps, warmup_steps)
@@ -171,7 +180,8 @@ def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_step
                              "--config.lr_boundaries_epochs='(120, 160)'.")
         if steps_per_epoch is not None:
             boundaries = [int(round(b * steps_per_epoch)) for b in boundaries]
-        return step_schedule(peak_lr, total_steps, warmup_steps, boundaries, factor)
+        return step_schedule(peak_lr, total_steps, warmup_steps, boundaries, factor,
+                             tuple(factors))
     raise UserError(f"unknown lr_schedule {name!r}; use one of {LR_SCHEDULES}.")
 
 

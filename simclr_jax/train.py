@@ -47,6 +47,7 @@ def make_schedules(config, num_train_examples: int):
     schedule = optim.make_lr_schedule(config.get("lr_schedule", "cosine"), peak_lr=peak_lr,
                                       total_steps=total_steps, warmup_steps=warmup_steps,
                                       boundaries=tuple(config.get("lr_boundaries_epochs") or ()),
+                                      factors=tuple(config.get("lr_boundary_factors") or ()),
                                       steps_per_epoch=steps_per_epoch)
     return total_steps, warmup_steps, schedule
 

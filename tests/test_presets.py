@@ -22,7 +22,8 @@ for file, names in {
         "moco_v3.py": ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base",
                        "cifar10"),
         "byol.py": ("imagenet_300ep", "imagenet_1000ep", "cifar10"),
-        "simsiam.py": ("imagenet_100ep", "cifar10")}.items():
+        "simsiam.py": ("imagenet_100ep", "cifar10"),
+        "invaspread.py": ("cifar10", "cifar10_paper")}.items():
     PRESETS += [(file, name) for name in names]
 
 
