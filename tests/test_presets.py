@@ -21,7 +21,9 @@ for file, names in {
                        "cifar10_colab_symmetric"),
         "moco_v3.py": ("r50_100ep", "r50_300ep", "r50_1000ep", "vit_small", "vit_base",
                        "cifar10"),
-        "byol.py": ("imagenet_300ep", "imagenet_1000ep", "cifar10")}.items():
+        "byol.py": ("imagenet_300ep", "imagenet_1000ep", "cifar10"),
+        "instdisc.py": ("imagenet_r50", "imagenet_r18", "imagenet_r50_softmax65536", "cifar10",
+                        "cifar10_nce")}.items():
     PRESETS += [(file, name) for name in names]
 
 
