@@ -7,6 +7,7 @@ Z 3e-7 relative, gradient w.r.t. the features 2.4e-7 (|grad| <= 0.9), bank rows 
 update 7e-8; softmax (LinearAverage + CrossEntropyLoss) loss 5e-8 relative, gradient 1.2e-7,
 bank 7e-8. Tolerances are 1e-5.
 """
+import json
 import math
 import os
 import subprocess
@@ -16,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TEST_XLA_FLAGS
 from jax.sharding import PartitionSpec as P
 from tiny_configs import ROOT, load_config, random_batch, tiny
 
@@ -298,3 +298,52 @@ def test_runlocal_shrinks_k_and_the_bank_follows_the_dataset():
     local = load_config("instdisc.py", "imagenet_r50,runlocal")
     assert local.instdisc.num_negatives == 64
     assert load_config("instdisc.py", "cifar10,runlocal").instdisc.num_negatives == 0
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+# The cifar10 recipe (non-parametric softmax over the whole bank) at runlocal size on a
+# 10-image-per-class slice of the digits (a 100-row bank), long enough to learn: 15 epochs.
+CLI_ARGS = ["--config.dataset.train_split=train[:10]", "--config.batch_size=16",
+            "--config.num_steps=90", "--config.optimizer.base_lr=1.0",
+            "--config.checkpoint_every_steps=30", "--config.eval.every_steps=1000",
+            "--config.log_images=false"]
+
+
+def test_runlocal_through_the_cli_learns_and_resumes_exactly_after_kill_9(tmp_path):
+    """`--config configs/instdisc.py:cifar10,runlocal`: killed with SIGKILL after its first
+    checkpoint and run again, it ends with exactly the state (bank included) of an
+    uninterrupted run, and its loss is below ln N, the loss of an encoder that maps every image
+    to the same feature (it starts above it: ~11 at step 1 with the random bank).
+    kNN is NOT asserted: at this budget the encoder does not beat its random init on the digits
+    (measured on a shared 2-core CPU: 0.919 vs 0.919 on backbone features, 0.74 vs 0.84 on the
+    128-d output with a 50-image bank); instance discrimination needs many epochs."""
+    from test_reliability import _kill_when, assert_trees_equal, cli_env
+    from simclr_jax import checkpoint
+    workdir = tmp_path / "cli"
+    command = [sys.executable, "-m", "simclr_jax.main", "--config",
+               "configs/instdisc.py:cifar10,runlocal", "--workdir", str(workdir), *CLI_ARGS]
+    env = cli_env()
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpts = workdir / "checkpoints"
+    assert _kill_when(proc, lambda: ckpts.is_dir() and "30" in os.listdir(ckpts), timeout=900)
+    final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "Resumed from checkpoint" in final.stderr
+    result = json.load(open(workdir / "final_metrics.json"))
+    assert result["loss"] < math.log(100) and "knn_top1_init" in result, result
+    # The same run uninterrupted, in this process (no kNN: it changes no state).
+    config = load_config("instdisc.py", "cifar10,runlocal")
+    for arg in CLI_ARGS:
+        key, value = arg[len("--config."):].split("=")
+        *path, last = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[last] = type(node[last])(value == "true" if value in ("true", "false") else value)
+    config.dataset.knn_train_split = ""
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    assert_trees_equal(checkpoint.restore_arrays(str(workdir)),
+                       checkpoint.restore_arrays(str(tmp_path / "straight")))
