@@ -10,11 +10,14 @@ and `compiled.memory_analysis()` of the per-device program is printed.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def mib(nbytes: int) -> float:
+    return nbytes / 2**20
 
 
 def main():
@@ -68,7 +71,6 @@ def main():
     print("| bank layout | arguments | outputs | temporaries | aliased | peak estimate |")
     print("|---|---|---|---|---|---|")
     for name, m in rows:
-        mib = functools.partial(lambda x: x / 2**20)
         args_, out, tmp = (m.argument_size_in_bytes, m.output_size_in_bytes,
                            m.temp_size_in_bytes)
         alias = m.alias_size_in_bytes
