@@ -246,12 +246,14 @@ def test_export_two_processes_one_writer(simclr_runs):
 
 # ----------------------------------------------------------------------------- other methods
 
-def test_moco_and_byol_pretraining_two_processes_equal_one(tmp_path):
+def test_every_method_pretraining_two_processes_equal_one(tmp_path):
     """MoCo v2 (queue + shuffle BN), MoCo v3 and BYOL (momentum targets), SimSiam (a fixed-LR
-    parameter group), InvaSpread (in-batch negatives of the global batch): the same losses and
-    parameters (target networks and the queue included) on 2 x 2 as on 1 x 4."""
+    parameter group), InvaSpread (in-batch negatives of the global batch) and InstDisc (a
+    memory bank of the training split, its rows sharded over the 4 devices, read and written by
+    example index): the same losses and parameters (target networks, the queue and the bank
+    included) on 2 x 2 as on 1 x 4."""
     methods = ["moco_v2.py+cifar10", "moco_v3.py+cifar10", "byol.py+cifar10",
-               "simsiam.py+cifar10", "invaspread.py+cifar10"]
+               "simsiam.py+cifar10", "invaspread.py+cifar10", "instdisc.py+cifar10"]
     no_knn = {"dataset.knn_train_split": ""}
     times = {}
     for arg in methods:
@@ -262,7 +264,7 @@ def test_moco_and_byol_pretraining_two_processes_equal_one(tmp_path):
         times[arg] = time.time() - start
     start = time.time()
     run_reference([(arg, str(tmp_path / "one" / arg), no_knn) for arg in methods], tmp_path)
-    times["reference (all, 1 process)"] = time.time() - start
+    times[f"reference (all {len(methods)}, 1 process)"] = time.time() - start
     print("multi-process job times (s):", {k: round(v, 1) for k, v in times.items()})
     for arg in methods:
         got, want = (read_json(tmp_path / d / arg, "final_metrics.json") for d in ("two", "one"))
