@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metric_writers, parameter_overview, periodic_actions
 
-from simclr_jax import checkpoint, optim, parallel, preemption
+from simclr_jax import checkpoint, optim, parallel, preemption, reporting
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
-from simclr_jax.data import augment_jax, normalization, pipeline, sources
+from simclr_jax.data import augment_jax, device_dataset, normalization, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
 from simclr_jax.guard import DivergenceGuard
@@ -82,7 +81,9 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
     so the host can stop with the last good state still intact.
     """
     rng = jax.random.fold_in(state.rng, state.step)
-    if config.aug.get("on_device"):  # uint8 host views -> finished views (colour, blur, ...)
+    if config.dataset.get("on_device"):   # examples, labels and every view made here
+        batch = device_dataset.make_views(batch, config, state.step)
+    elif config.aug.get("on_device"):  # uint8 host views -> finished views (colour, blur, ...)
         batch = augment_jax.augment_batch(batch, config.aug, config.seed, state.step)
 
     def loss_fn(params):
@@ -109,10 +110,13 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
 
 
 def jit_train_step(mesh, **static):
-    """The step jitted with explicit shardings: state replicated and donated, batch sharded."""
+    """The step jitted with explicit shardings: state replicated and donated, batch sharded
+    (dataset.on_device: the batch is the replicated dataset; the step shards its rows)."""
     replicated = parallel.replicated_sharding(mesh)
+    on_device = static["config"].dataset.get("on_device")
     return jax.jit(functools.partial(train_step, **static),
-                   in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                   in_shardings=(replicated,
+                                 replicated if on_device else parallel.batch_sharding(mesh)),
                    out_shardings=(replicated, replicated), donate_argnums=0)
 
 
@@ -127,7 +131,8 @@ def make_knn_evaluator(config, mesh, network) -> knn.KnnEvaluator | None:
         network, mesh, bank=sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir")),
         test=sources.get_source(ds.name, ds.knn_test_split, ds.get("data_dir")),
         image_size=ds.image_size, batch_size=config.eval.batch_size, k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature, normalize=config.aug.view1.normalize)
+        temperature=config.eval.knn_temperature, normalize=config.aug.view1.normalize,
+        on_device=bool(ds.get("on_device")))
 
 
 # ----------------------------------------------------------------------------- images
@@ -239,28 +244,29 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
                                   float(optax.global_norm(state.params)))
 
     is_chief = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
+    writer = reporting.create_writer(str(workdir), just_logging=not is_chief)
     if is_chief and start_step == 0:
-        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+        logging.info("Parameters:\n%s", reporting.parameter_overview(state.params))
         writer.write_hparams({**flat_hparams(config), "total_steps": total_steps,
                               "warmup_steps": warmup_steps, "num_devices": jax.device_count(),
                               "train_examples": train_source.num_examples})
 
-    batches = pipeline.pretrain_batches(train_source, config.aug,
-                                        global_batch_size=config.batch_size,
-                                        image_size=config.dataset.image_size, seed=config.seed,
-                                        start_step=start_step, mesh=mesh)
+    if config.dataset.get("on_device"):
+        batches = device_dataset.batches(train_source, mesh)
+    else:
+        from simclr_jax.data import pipeline
+        batches = pipeline.pretrain_batches(train_source, config.aug,
+                                            global_batch_size=config.batch_size,
+                                            image_size=config.dataset.image_size,
+                                            seed=config.seed, start_step=start_step, mesh=mesh)
     step_fn = jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
                              lr_schedule=lr_schedule, total_steps=total_steps)
     evaluator = make_knn_evaluator(config, mesh, network)
-    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                             every_steps=config.log_every_steps)
-    hooks = [report]
-    if is_chief and config.get("profile_first_step", 0) > 0:
-        hooks.append(periodic_actions.Profile(
-            logdir=str(workdir), first_profile=config.profile_first_step,
-            num_profile_steps=config.profile_num_steps, profile_duration_ms=None,
-            every_secs=None))
+    hooks = reporting.progress_hooks(
+        total_steps, writer, config.log_every_steps, profile_logdir=workdir if is_chief else None,
+        profile_first_step=config.get("profile_first_step", 0),
+        profile_num_steps=config.get("profile_num_steps", 5))
+    report = hooks[0]
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
@@ -270,7 +276,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     try:
         for step in range(start_step, total_steps):
             batch = next(batches)
-            if step == start_step == 0 and is_chief and config.get("log_images", True):
+            if (step == start_step == 0 and is_chief and config.get("log_images", True)
+                    and "view1" in batch):      # dataset.on_device: views exist in the step only
                 writer.write_images(0, {"augmented_view_pairs": image_rows(
                     (batch["view1"], batch["view2"]), config.aug.view1.normalize)})
             state, metrics = step_fn(state, batch)
