@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import functools
 
-import tensorflow as tf
-from simclr_jax.data import draw_slots, normalization
+from simclr_jax.data import draw_slots, normalization, tf_support
 from simclr_jax.errors import UserError
+
+tf = tf_support.tensorflow("the host pipeline's TF augmentation")  # one line where TF is missing
 
 
 _RESIZE_METHODS = {
