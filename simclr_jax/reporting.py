@@ -2,8 +2,10 @@
 
 clu's `metric_writers` import TensorFlow's summary writer at module level, so on a machine
 without TensorFlow (the accelerator hosts we are lent) clu cannot be imported at all. There
-the run still trains: scalars go to the log and to `<workdir>/metrics.jsonl` (one JSON object
-per write: {"step": s, "name": value, ...}); images, hparams and the profiler are skipped.
+the run still trains: scalars go to the log; images, hparams and the profiler are skipped.
+Either way process 0 appends every scalar write to `<workdir>/metrics.jsonl` (one JSON object
+per write: {"step": s, "name": value, ...}; local workdirs), which scripts read without
+TensorBoard.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ class JsonlWriter:
     """The subset of clu's MetricWriter the trainer uses, without TensorFlow."""
 
     def __init__(self, workdir: str, just_logging: bool):
-        self.path = None if just_logging else os.path.join(str(workdir), "metrics.jsonl")
+        local = "://" not in str(workdir)          # appending to gs:// objects is not possible
+        self.path = os.path.join(str(workdir), "metrics.jsonl") if local and not just_logging \
+            else None
 
     def write_scalars(self, step: int, scalars: dict) -> None:
         values = {k: float(np.asarray(v)) for k, v in scalars.items()}
@@ -51,11 +55,30 @@ class JsonlWriter:
         pass
 
 
+class _WithJsonl:
+    """clu's writer, plus the scalars in metrics.jsonl."""
+
+    def __init__(self, writer, jsonl: JsonlWriter):
+        self._writer, self._jsonl = writer, jsonl
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        self._writer.write_scalars(step, scalars)
+        if self._jsonl.path and jax.process_index() == 0:
+            values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+            with open(self._jsonl.path, "a") as f:
+                f.write(json.dumps({"step": int(step), **values}) + "\n")
+
+    def __getattr__(self, name):
+        return getattr(self._writer, name)
+
+
 def create_writer(workdir: str, just_logging: bool):
+    jsonl = JsonlWriter(workdir, just_logging)
     if clu_available():
         from clu import metric_writers
-        return metric_writers.create_default_writer(str(workdir), just_logging=just_logging)
-    return JsonlWriter(workdir, just_logging)
+        return _WithJsonl(metric_writers.create_default_writer(str(workdir),
+                                                               just_logging=just_logging), jsonl)
+    return jsonl
 
 
 def parameter_overview(params) -> str:
