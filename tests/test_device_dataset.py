@@ -172,3 +172,14 @@ def test_npz_source_encoded_and_raw(tmp_path):
     with pytest.raises(sources.UserError, match="expected arrays"):
         np.savez(tmp_path / "bad.npz", x=images)
         sources.get_source(f"npz:{tmp_path / 'bad'}.npz", "train")
+
+
+def test_on_device_refuses_a_resize_it_does_not_implement():
+    from tiny_configs import tiny
+    from simclr_jax.config_validation import validate_config
+    config = tiny("quickstart.py")
+    config.unlock()
+    config.dataset.on_device = True
+    config.aug.view2.resize_method = "area"
+    with pytest.raises(sources.UserError, match="aug.view2.resize_method='area' is not available"):
+        validate_config(config)
