@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Training images/s on this machine's CPU with the tf.data host pipeline and with
 # dataset.on_device, for the quickstart and simclr_v1.py:cifar10,runlocal (BENCHMARKS.md).
-#   bash benchmarks/on_device_cpu.sh [STEPS]      # default 60 steps, logged every 20
+#   bash benchmarks/on_device_cpu.sh [STEPS]      # default 60 steps, logged every STEPS/3
 # images/s = the mean of the logged intervals after the first (which holds the compile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ for cfg in configs/quickstart.py configs/simclr_v1.py:cifar10,runlocal; do
   for on in false true; do
     dir="$W/$(basename "${cfg%%:*}" .py)_$on"
     "$PY" -m simclr_jax.main --config "$cfg" --workdir "$dir" --config.num_steps="$STEPS" \
-      --config.log_every_steps=20 --config.checkpoint_every_steps=100000 \
+      --config.log_every_steps=$((STEPS / 3)) --config.checkpoint_every_steps=100000 \
       --config.eval.every_steps=100000 --config.dataset.knn_train_split= \
       --config.log_images=false --config.dataset.on_device=$on > "$dir.log" 2>&1
     rate=$("$PY" -c "import json,sys; r=[json.loads(l)['images_per_sec_per_device'] for l in open(sys.argv[1]) if 'images_per_sec_per_device' in l][1:]; print(f'{sum(r)/len(r):.0f}')" "$dir/metrics.jsonl")
