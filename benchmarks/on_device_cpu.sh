@@ -2,6 +2,7 @@
 # Training images/s on this machine's CPU with the tf.data host pipeline and with
 # dataset.on_device, for the quickstart and simclr_v1.py:cifar10,runlocal (BENCHMARKS.md).
 #   bash benchmarks/on_device_cpu.sh [STEPS]      # default 60 steps, logged every STEPS/3
+#   CONFIGS="configs/byol.py:cifar10,runlocal" bash benchmarks/on_device_cpu.sh   # other configs
 # images/s = the mean of the logged intervals after the first (which holds the compile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ STEPS=${1:-60}
 W=$(mktemp -d)
 echo "| config | input | images/s (mean of logged intervals after the first) |"
 echo "|---|---|---|"
-for cfg in configs/quickstart.py configs/simclr_v1.py:cifar10,runlocal; do
+for cfg in ${CONFIGS:-configs/quickstart.py configs/simclr_v1.py:cifar10,runlocal}; do
   for on in false true; do
     dir="$W/$(basename "${cfg%%:*}" .py)_$on"
     "$PY" -m simclr_jax.main --config "$cfg" --workdir "$dir" --config.num_steps="$STEPS" \
