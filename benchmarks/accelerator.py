@@ -4,22 +4,28 @@
     python benchmarks/accelerator.py --memory-only        # compile only: memory_analysis()
     python benchmarks/accelerator.py --smoke              # tiny sizes, runs anywhere (CPU)
 
-For each case (SimCLR ResNet-50 224 px float32 and bf16, MoCo v2, MoCo v3, BYOL; the ImageNet
-presets, aug.on_device) it prints:
+For each case (SimCLR ResNet-50 224 px float32 and bf16, MoCo v2, MoCo v3 ResNet-50 and ViT-S,
+BYOL; the ImageNet presets, aug.on_device) it prints:
 - img/s/device of the real jitted train step (state donated) on a random uint8 batch, after
   compile and warm-up; each image is two views, like the references count;
 - MFU: XLA's FLOP count of the compiled step / step time / the chip's peak (bf16 dense peak of
   the device kind, table below; "-" if unknown);
 - memory: `compiled.memory_analysis()` (arguments, outputs, temporaries, and how much of the
   output aliases the donated input: with donation the state exists once);
+- compile: seconds to lower and compile the step;
 - input wait: the fraction of wall time the training loop spends in `next(batches)` when the
   real host pipeline (`pretrain_batches` over 300 in-memory 500x375 JPEGs, all host cores)
   feeds the step; and the host pipeline's images/s on ONE core of this machine
-  (benchmarks/pipeline_throughput.py, run pinned with taskset).
+  (benchmarks/pipeline_throughput.py, run pinned with taskset). Both need TensorFlow (the
+  tf.data pipeline): where it does not import (the lent accelerator) they print "-" / a note.
+
+--deadline-s: no new case starts after that many seconds (their rows say so), for a time-boxed
+call on a lent machine; --json writes the rows too.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -44,15 +50,18 @@ PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H20
              "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
 
 # name -> (config file, preset, overrides)
+# In priority order: a time-boxed run (--deadline-s) drops the last ones first.
 CASES = {
-    "simclr_r50_f32": ("simclr_v1.py", "imagenet", {"model.dtype": "float32"}),
     "simclr_r50_bf16": ("simclr_v1.py", "imagenet", {"model.dtype": "bfloat16"}),
+    "simclr_r50_f32": ("simclr_v1.py", "imagenet", {"model.dtype": "float32"}),
     "moco_v2_r50_bf16": ("moco_v2.py", "imagenet_200ep", {"model.dtype": "bfloat16"}),
     "moco_v3_r50_bf16": ("moco_v3.py", "r50_100ep", {"model.dtype": "bfloat16"}),
+    "moco_v3_vit_s_bf16": ("moco_v3.py", "vit_small", {"model.dtype": "bfloat16"}),
     "byol_r50_bf16": ("byol.py", "imagenet_300ep", {"model.dtype": "bfloat16"}),
 }
 SMOKE = {"model.depth": 10, "model.width": 0.125, "head.hidden_dim": 64,
-         "predictor.hidden_dim": 64, "dataset.image_size": 32}
+         "predictor.hidden_dim": 64, "dataset.image_size": 32, "model.variant": "tiny_test",
+         "model.patch_size": 8}
 
 
 def load(case: str, per_device_batch: int, smoke: bool, on_device: bool):
@@ -169,6 +178,11 @@ def host_rate_one_core(smoke: bool) -> str:
     return "\n".join(rows) if rows else out.stderr[-2000:]
 
 
+def tf_available() -> bool:
+    from simclr_jax.data import tf_support
+    return tf_support.available()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cases", default=",".join(CASES))
@@ -177,7 +191,12 @@ def main():
     p.add_argument("--memory-only", action="store_true", help="compile and report memory only")
     p.add_argument("--host-aug", action="store_true", help="augment on the host (not on device)")
     p.add_argument("--smoke", action="store_true", help="tiny model and images (any machine)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no case after this many seconds")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
     a = p.parse_args()
+    start = time.time()
+    with_tf = tf_available()
     if a.smoke:
         a.per_device_batch, a.steps = min(a.per_device_batch, 8), min(a.steps, 2)
     mesh = parallel.make_mesh()
@@ -185,31 +204,51 @@ def main():
     peak = PEAK_BF16.get(kind)
     print(f"# {platform.node()} | {kind} x{jax.device_count()} | jax {jax.__version__} | "
           f"host cores {os.cpu_count()} | per-device batch {a.per_device_batch} | "
-          f"aug on device: {not a.host_aug}")
-    print("| case | img/s/device | step ms | TFLOP/step | MFU | state GiB | args GiB | "
+          f"aug on device: {not a.host_aug}" + ("" if with_tf else
+                                                " | no TensorFlow: no input-wait column"))
+    print("| case | img/s/device | step ms | TFLOP/step | MFU | compile s | state GiB | args GiB | "
           "out GiB | aliased GiB | temp GiB | peak GiB | input wait |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for case in a.cases.split(","):
+        if a.deadline_s is not None and time.time() - start > a.deadline_s:
+            print(f"| {case} | not run: past the {a.deadline_s:.0f} s deadline |", flush=True)
+            rows.append({"case": case, "skipped": "deadline"})
+            continue
         config = load(case, a.per_device_batch, a.smoke, on_device=not a.host_aug)
         state, step = build(config, mesh)
         batch = random_batch(config, mesh)
+        t0 = time.perf_counter()
         compiled, flops, mem = compile_case(step, state, batch)
+        compile_s = time.perf_counter() - t0
         m = memory_row(mem, state)
         mem_cols = " | ".join(f"{m[k]:.2f}" if k in m else "-" for k in
                               ("state_gib", "arg_gib", "out_gib", "alias_gib", "temp_gib",
                                "peak_gib"))
         tflop = f"{flops / 1e12:.2f}" if flops else "-"
+        row = {"case": case, "tflop_per_step": flops and flops / 1e12, "compile_s": compile_s,
+               **m}
+        rows.append(row)
         if a.memory_only:
-            print(f"| {case} | - | - | {tflop} | - | {mem_cols} | - |", flush=True)
+            print(f"| {case} | - | - | {tflop} | - | {compile_s:.0f} | {mem_cols} | - |",
+                  flush=True)
             continue
         dt, state = time_steps(compiled, state, batch, a.steps)
         # The compiled module is the per-device (SPMD-partitioned) program: its FLOPs per device.
         mfu = f"{flops / dt / peak:.1%}" if flops and peak else "-"
-        wait = input_wait(compiled, state, config, mesh, a.steps, a.smoke)
+        wait = (f"{input_wait(compiled, state, config, mesh, a.steps, a.smoke):.1%}"
+                if with_tf else "-")
         ips = config.batch_size / dt / jax.device_count()
-        print(f"| {case} | {ips:.0f} | {dt * 1e3:.1f} | {tflop} | {mfu} | {mem_cols} | "
-              f"{wait:.1%} |", flush=True)
-    if not a.memory_only:
+        row.update(img_per_s_per_device=ips, step_ms=dt * 1e3,
+                   mfu=flops / dt / peak if flops and peak else None, input_wait=wait)
+        print(f"| {case} | {ips:.0f} | {dt * 1e3:.1f} | {tflop} | {mfu} | {compile_s:.0f} | "
+              f"{mem_cols} | {wait} |", flush=True)
+        del state, compiled, step, batch
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": kind, "devices": jax.device_count(), "jax": jax.__version__,
+                       "per_device_batch": a.per_device_batch, "rows": rows}, f, indent=1)
+    if not a.memory_only and with_tf:
         print("\nHost pipeline, one core of this machine (images/s):")
         print(host_rate_one_core(a.smoke))
 

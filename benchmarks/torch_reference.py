@@ -2,7 +2,7 @@
 
     python benchmarks/torch_reference.py                 # GPU: bf16 autocast, channels_last,
                                                          # torch.compile, per-device batch 128
-    python benchmarks/torch_reference.py --smoke         # tiny, CPU, no compile
+    python benchmarks/torch_reference.py --smoke         # ResNet-18, 32 px, CPU, no compile
 
 Optional: needs torch and torchvision (not dependencies of simclr_jax). The step is the one
 benchmarks/accelerator.py times as `simclr_r50_bf16`: torchvision ResNet-50 (fc removed), the
@@ -43,18 +43,21 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--arch", default="resnet50", help="torchvision ResNet (smoke: resnet18)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, no compile")
     a = p.parse_args()
     if a.smoke:
-        a.batch, a.size, a.steps, a.no_compile = 4, 64, 2, True
+        a.batch, a.size, a.steps, a.no_compile, a.arch = 4, 32, 1, True, "resnet18"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
-    backbone = torchvision.models.resnet50()
+    backbone = getattr(torchvision.models, a.arch)()
+    width = backbone.fc.in_features
     backbone.fc = nn.Identity()
-    model = nn.Sequential(backbone, projector()).to(device).to(memory_format=torch.channels_last)
+    model = nn.Sequential(backbone, projector(width, width)).to(device).to(
+        memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
 
     def step(x):
@@ -85,9 +88,10 @@ def main():
     print(f"# torch {torch.__version__} | torchvision {torchvision.__version__} | {name}")
     print("| case | batch | px | step ms | img/s |")
     print("|---|---|---|---|---|")
-    print(f"| torch SimCLR R50 bf16 autocast, channels_last, "
+    arch = "R50" if a.arch == "resnet50" else a.arch
+    print(f"| torch SimCLR {arch} bf16 autocast, channels_last, "
           f"{'eager' if a.no_compile else 'torch.compile'} | {a.batch} | {a.size} | "
-          f"{dt * 1e3:.1f} | {a.batch / dt:.0f} |")
+          f"{dt * 1e3:.1f} | {a.batch / dt:.1f} |")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.dataset = ml_collections.ConfigDict()
-    c.dataset.name = "digits"              # "digits" | TFDS name | "folder:/path"
+    c.dataset.name = "digits"              # "digits" | TFDS name | "folder:/path" | "npz:/path"
     c.dataset.data_dir = config_dict.placeholder(str)   # TFDS data_dir
     c.dataset.train_split = "train"
     c.dataset.knn_train_split = "train"    # memory bank for kNN ("" disables kNN)
     c.dataset.knn_test_split = "test"
     c.dataset.image_size = 32
+    c.dataset.on_device = False            # whole split on the devices, views made in the step
+                                           # (data/device_dataset.py); no host pipeline, no TF
 
     c.batch_size = 256
     c.num_epochs = config_dict.placeholder(float)  # training length; num_steps overrides it

@@ -5,6 +5,8 @@ from simclr_jax import methods
 from simclr_jax.data import aug_presets
 from simclr_jax.errors import UserError
 
+DEVICE_RESIZE = ("bicubic", "bilinear")     # augment_jax.RESIZE_METHODS (kept import-light)
+
 
 def _fail(msg: str):
     raise UserError(msg)
@@ -38,3 +40,6 @@ def validate_config(config) -> None:
     aug = config.get("aug") or {}
     for name in sorted(k for k in aug.keys() if k.startswith("view")):
         aug_presets.check_view(name, aug[name])
+        if config.dataset.get("on_device") and aug[name].resize_method not in DEVICE_RESIZE:
+            _fail(f"aug.{name}.resize_method={aug[name].resize_method!r} is not available with "
+                  f"dataset.on_device; use one of {', '.join(DEVICE_RESIZE)}.")

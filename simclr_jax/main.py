@@ -57,8 +57,8 @@ def main(argv):
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.devices()[0].platform)
 
-    from simclr_jax.data import sources
-    sources.keep_tf_off_accelerators()     # tf.data only: the accelerators are JAX's
+    from simclr_jax.data import tf_support
+    tf_support.available()     # tf.data only (where TF imports): the accelerators are JAX's
 
     try:
         summary = run_mode(_loaded_config(), _WORKDIR.value)

@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metric_writers, parameter_overview, periodic_actions
 
-from simclr_jax import checkpoint, optim, parallel, preemption
+from simclr_jax import checkpoint, optim, parallel, preemption, reporting
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import validate_config
-from simclr_jax.data import augment_jax, normalization, pipeline, sources
+from simclr_jax.data import augment_jax, device_dataset, normalization, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
 from simclr_jax.guard import DivergenceGuard
@@ -126,7 +125,9 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
     so the host can stop with the last good state still intact.
     """
     rng = jax.random.fold_in(state.rng, state.step)
-    if config.aug.get("on_device"):  # uint8 host views -> finished views (colour, blur, ...)
+    if config.dataset.get("on_device"):   # examples, labels and every view made here
+        batch = device_dataset.make_views(batch, config, state.step)
+    elif config.aug.get("on_device"):  # uint8 host views -> finished views (colour, blur, ...)
         batch = augment_jax.augment_batch(batch, config.aug, config.seed, state.step)
 
     def loss_fn(params):
@@ -151,12 +152,15 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
 
 def jit_train_step(mesh, *, method, network, config, tx, lr_schedule, ctx: Context):
     """The step jitted with explicit shardings: state replicated (or as the method shards it)
-    and donated, batch sharded over the "data" axis."""
+    and donated, batch sharded over the "data" axis (dataset.on_device: the batch is the
+    replicated dataset; the step takes its rows)."""
     shardings = state_sharding(config, network, tx, method, ctx, mesh)
     replicated = parallel.replicated_sharding(mesh)
+    batch_sharding = (replicated if config.dataset.get("on_device")
+                      else parallel.batch_sharding(mesh))
     step = functools.partial(train_step, method=method, network=network, config=config, tx=tx,
                              lr_schedule=lr_schedule, ctx=ctx)
-    return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    return jax.jit(step, in_shardings=(shardings, batch_sharding),
                    out_shardings=(shardings, replicated), donate_argnums=0)
 
 
@@ -189,7 +193,8 @@ def make_knn_evaluator(config, mesh, method) -> knn.KnnEvaluator | None:
         bank=sources.get_source(ds.name, ds.knn_train_split, ds.get("data_dir")),
         test=sources.get_source(ds.name, ds.knn_test_split, ds.get("data_dir")),
         image_size=ds.image_size, batch_size=config.eval.batch_size, k=config.eval.knn_k,
-        temperature=config.eval.knn_temperature, normalize=config.aug.view1.normalize)
+        temperature=config.eval.knn_temperature, normalize=config.aug.view1.normalize,
+        on_device=bool(ds.get("on_device")))
 
 
 def score_knn(evaluator: knn.KnnEvaluator, method, config, state: TrainState) -> dict:
@@ -314,28 +319,29 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
                                   float(optax.global_norm(state.params)))
 
     is_chief = jax.process_index() == 0
-    writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
+    writer = reporting.create_writer(str(workdir), just_logging=not is_chief)
     if is_chief and start_step == 0:
-        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+        logging.info("Parameters:\n%s", reporting.parameter_overview(state.params))
         writer.write_hparams({**flat_hparams(config), "total_steps": total_steps,
                               "warmup_steps": warmup_steps, "num_devices": jax.device_count(),
                               "train_examples": train_source.num_examples})
 
-    batches = pipeline.pretrain_batches(train_source, config.aug,
-                                        global_batch_size=config.batch_size,
-                                        image_size=config.dataset.image_size, seed=config.seed,
-                                        start_step=start_step, mesh=mesh)
+    if config.dataset.get("on_device"):
+        batches = device_dataset.batches(train_source, mesh)
+    else:
+        from simclr_jax.data import pipeline
+        batches = pipeline.pretrain_batches(train_source, config.aug,
+                                            global_batch_size=config.batch_size,
+                                            image_size=config.dataset.image_size,
+                                            seed=config.seed, start_step=start_step, mesh=mesh)
     step_fn = jit_train_step(mesh, method=method, network=network, config=config, tx=tx,
                              lr_schedule=lr_schedule, ctx=ctx)
     evaluator = make_knn_evaluator(config, mesh, method)
-    report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                             every_steps=config.log_every_steps)
-    hooks = [report]
-    if is_chief and config.get("profile_first_step", 0) > 0:
-        hooks.append(periodic_actions.Profile(
-            logdir=str(workdir), first_profile=config.profile_first_step,
-            num_profile_steps=config.profile_num_steps, profile_duration_ms=None,
-            every_secs=None))
+    hooks = reporting.progress_hooks(
+        total_steps, writer, config.log_every_steps, profile_logdir=workdir if is_chief else None,
+        profile_first_step=config.get("profile_first_step", 0),
+        profile_num_steps=config.get("profile_num_steps", 5))
+    report = hooks[0]
     throttle = parallel.DispatchThrottle()
     history: list[dict] = []
     summary: dict = {}
@@ -345,7 +351,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     try:
         for step in range(start_step, total_steps):
             batch = next(batches)
-            if step == start_step == 0 and is_chief and config.get("log_images", True):
+            if (step == start_step == 0 and is_chief and config.get("log_images", True)
+                    and "view1" in batch):      # dataset.on_device: views exist in the step only
                 shown = [batch[v] for v in views_of(config)            # rows of one width
                          if batch[v].shape == batch["view1"].shape]
                 writer.write_images(0, {"augmented_view_pairs": image_rows(

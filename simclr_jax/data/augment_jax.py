@@ -14,13 +14,22 @@ Same policy and formulas as `augment_tf` (each op is tested against its TF count
   `jnp.where` blend. The random order of the four jitter ops costs one RGB->HSV->RGB round trip
   per slot, shared by the saturation and hue candidates.
 - The input was rounded to uint8 on the host (<= 0.5/255 per channel before colour ops).
+
+With `config.dataset.on_device` the WHOLE view is made here (`device_dataset`): `crop_window`
+(torchvision's RandomResizedCrop sampler, a transcription of `augment_tf.crop_windows`), the
+resize (`resize_weights`: TF's kernels and edge handling as two small matrices per view),
+flip, then the colour ops above, from one view's vector of uniform draws laid out as on the host
+(`draw_slots`): the same draws give the host view within float round-off (tests/
+test_device_dataset.py states the tolerance).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.data import draw_slots as D
 from simclr_jax.data import normalization
+from simclr_jax.errors import UserError
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)       # tf.image.rgb_to_grayscale (ITU-R 601 luma)
 BRIGHTNESS_MODES = ("multiplicative", "additive")
@@ -221,3 +230,134 @@ def augment_batch(batch: dict, aug_cfg, seed: int, step) -> dict:
             k = int(name[len("view"):])
             out[name] = augment_views(batch[name], aug_cfg[name], seed, step, k)
     return out
+
+
+# ----------------------------------------------------------------------------- crop and resize
+# dataset.on_device: one view from uint8 [H, W, 3] and its draws u: float32 [NUM_DRAWS].
+
+def _between(u, lo: float, hi: float):
+    return lo + u * (hi - lo)
+
+
+def crop_window(height: int, width: int, view_cfg, u):
+    """torchvision RandomResizedCrop.get_params for one view, as `augment_tf.crop_windows`
+    computes it from the same draws: int32 scalars (y, x, h, w). 10 attempts of area ~ U(min,
+    max) * H * W and aspect exp(U(log r_min, log r_max)); the first whose rounded (w, h) fits
+    wins and gets a uniform offset; none: centre crop with the aspect clamped into range."""
+    f32 = jnp.float32
+    h_f, w_f = f32(height), f32(width)
+    area_lo, area_hi = f32(view_cfg.crop_area_min), f32(view_cfg.crop_area_max)
+    r_lo, r_hi = f32(view_cfg.crop_aspect_min), f32(view_cfg.crop_aspect_max)
+    area = h_f * w_f * (area_lo + u[D.AREA] * (area_hi - area_lo))                 # [10]
+    log_lo, log_hi = jnp.log(r_lo), jnp.log(r_hi)
+    aspect = jnp.exp(log_lo + u[D.ASPECT] * (log_hi - log_lo))                     # [10]
+    w = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)                       # [10]
+    h = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = jnp.argmax(ok)
+    found = jnp.any(ok)
+    in_ratio = w_f / h_f
+    fb_w = jnp.where(in_ratio > r_hi, jnp.round(h_f * r_hi), w_f)
+    fb_h = jnp.where(in_ratio < r_lo, jnp.round(w_f / r_lo), h_f)
+    fb_w = jnp.clip(fb_w.astype(jnp.int32), 1, width)
+    fb_h = jnp.clip(fb_h.astype(jnp.int32), 1, height)
+    crop_h = jnp.where(found, h[first], fb_h)
+    crop_w = jnp.where(found, w[first], fb_w)
+    off = u[D.OFFSET]                                                              # [2]
+    rand_y = jnp.minimum((off[0] * (height - crop_h + 1).astype(f32)).astype(jnp.int32),
+                         height - crop_h)
+    rand_x = jnp.minimum((off[1] * (width - crop_w + 1).astype(f32)).astype(jnp.int32),
+                         width - crop_w)
+    y = jnp.where(found, rand_y, (height - crop_h) // 2)
+    x = jnp.where(found, rand_x, (width - crop_w) // 2)
+    return y, x, crop_h, crop_w
+
+
+_KEYS_A = -0.5          # Keys' cubic convolution, a = -0.5 (TF's bicubic)
+_TF_CUBIC_TABLE = 1024  # TF's legacy bicubic quantises the fractional position to 1/1024
+RESIZE_METHODS = ("bicubic", "bilinear")
+
+
+def _kernel(method: str, d):
+    d = jnp.abs(d)
+    if method == "bilinear":
+        return jnp.maximum(0.0, 1.0 - d)
+    a = _KEYS_A
+    near = ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+    far = ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+    return jnp.where(d <= 1.0, near, jnp.where(d < 2.0, far, 0.0))
+
+
+def resize_weights(start, length, out_size: int, in_size: int, method: str, antialias: bool):
+    """float32 [out_size, in_size]: row i holds the weights of the input pixels (only those of
+    the window [start, start + length), `start`/`length` traced) that make output pixel i when
+    the window is resized to out_size, exactly as tf.image.resize on the cropped window: pixel
+    centres at +0.5, taps outside the window dropped and the rest renormalised (TF's
+    scale_and_translate; its legacy bilinear/bicubic kernels agree), the kernel widened by the
+    downscale factor with antialias, and the legacy bicubic's 1/1024 position table."""
+    if method not in RESIZE_METHODS:
+        raise UserError(f"resize_method={method!r} is not available with dataset.on_device; "
+                        f"use one of {', '.join(RESIZE_METHODS)}.")
+    length_f = length.astype(jnp.float32) if hasattr(length, "astype") else jnp.float32(length)
+    inv_scale = length_f / out_size                                  # input pixels per output
+    centre = (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * inv_scale     # [out], window
+    j = (jnp.arange(in_size) - start).astype(jnp.float32)                     # [in], window
+    inside = (j >= 0) & (j < length_f)
+    if method == "bicubic" and not antialias:        # resize_bicubic(half_pixel_centers=True)
+        loc = centre - 0.5
+        base = jnp.floor(loc)
+        frac = jnp.round((loc - base) * _TF_CUBIC_TABLE) / _TF_CUBIC_TABLE
+        d = j[None, :] - (base + frac)[:, None]                                 # [out, in]
+    else:
+        kernel_scale = jnp.maximum(inv_scale, 1.0) if antialias else 1.0
+        d = (j[None, :] + 0.5 - centre[:, None]) / kernel_scale
+    w = jnp.where(inside[None, :], _kernel(method, d), 0.0)
+    return w / jnp.sum(w, axis=1, keepdims=True)
+
+
+def crop_resize(image, window, size: int, method: str, antialias: bool):
+    """uint8 [H, W, 3] and a window (y, x, h, w) -> float32 [S, S, 3] on the 0..255 scale:
+    the window resized to S x S as two matrix products (full float32 precision)."""
+    y, x, h, w = window
+    wy = resize_weights(y, h, size, image.shape[0], method, antialias)          # [S, H]
+    wx = resize_weights(x, w, size, image.shape[1], method, antialias)          # [S, W]
+    return jnp.einsum("sh,hwc,tw->stc", wy, image.astype(jnp.float32), wx,
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+def params_from_draws(u, view_cfg) -> dict:
+    """One view's colour decisions from its draws, by augment_tf's formulas (see
+    `sample_params` for the keys)."""
+    return {
+        "jitter": u[D.JITTER_APPLY] < view_cfg.jitter_prob,
+        "order": jnp.argsort(u[D.ORDER]).astype(jnp.int32),
+        "brightness": _between(u[D.BRIGHT], *brightness_range(view_cfg)),
+        "contrast": _between(u[D.CONTRAST], *_factor_range(view_cfg.contrast)),
+        "saturation": _between(u[D.SAT], *_factor_range(view_cfg.saturation)),
+        "hue": _between(u[D.HUE], -view_cfg.hue, view_cfg.hue),
+        "gray": u[D.GRAY] < view_cfg.grayscale_prob,
+        "blur": u[D.BLUR_APPLY] < view_cfg.blur_prob,
+        "sigma": _between(u[D.BLUR_SIGMA], view_cfg.blur_sigma_min, view_cfg.blur_sigma_max),
+        "solarize": u[D.SOLARIZE] < view_cfg.solarize_prob,
+    }
+
+
+def view_from_draws(image, u, view_cfg, size: int):
+    """uint8 [H, W, 3] -> the finished float32 view [S, S, 3], every decision from the draws u
+    [NUM_DRAWS]: crop window, resize, flip (u < flip_prob), colour, blur, solarize, normalize."""
+    window = crop_window(image.shape[0], image.shape[1], view_cfg, u)
+    x = crop_resize(image, window, size, view_cfg.resize_method,
+                    bool(view_cfg.get("antialias", True)))
+    x = jnp.clip(x * (1.0 / 255.0), 0.0, 1.0)
+    x = jnp.where(u[D.FLIP] < view_cfg.flip_prob, x[:, ::-1], x)
+    return augment_image(x, params_from_draws(u, view_cfg), view_cfg, size)
+
+
+def eval_view(image, size: int, crop_fraction: float, normalize_how: str = "none"):
+    """`augment_tf.eval_view` in JAX: uint8 [H, W, 3] -> float32 [S, S, 3]: centre square crop of
+    crop_fraction of the short side, bicubic resize (antialiased), normalize."""
+    height, width = image.shape[0], image.shape[1]
+    side = max(int(round(min(height, width) * crop_fraction)), 1)
+    window = ((height - side) // 2, (width - side) // 2, side, side)
+    x = crop_resize(image, window, size, "bicubic", True)
+    return normalize(jnp.clip(x * (1.0 / 255.0), 0.0, 1.0), normalize_how)

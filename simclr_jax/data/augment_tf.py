@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import functools
 
-import tensorflow as tf
-from simclr_jax.data import normalization
+from simclr_jax.data import draw_slots, normalization, tf_support
 from simclr_jax.errors import UserError
+
+tf = tf_support.tensorflow("the host pipeline's TF augmentation")  # one line where TF is missing
 
 
 _RESIZE_METHODS = {
@@ -45,15 +46,16 @@ _RESIZE_METHODS = {
     "area": tf.image.ResizeMethod.AREA,
     "lanczos3": tf.image.ResizeMethod.LANCZOS3,
 }
-_CROP_ATTEMPTS = 10
-# Slots of one view's draws (uniforms in [0, 1)).
-_D_AREA = slice(0, _CROP_ATTEMPTS)                         # crop area, one per attempt
-_D_ASPECT = slice(_CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS)      # crop log-aspect, one per attempt
-_D_OFFSET = slice(2 * _CROP_ATTEMPTS, 2 * _CROP_ATTEMPTS + 2)  # crop (y, x) offset
+# Slots of one view's draws (uniforms in [0, 1)): one layout for the host and device paths.
+_CROP_ATTEMPTS = draw_slots.CROP_ATTEMPTS
+_D_AREA, _D_ASPECT, _D_OFFSET = draw_slots.AREA, draw_slots.ASPECT, draw_slots.OFFSET
 (_D_FLIP, _D_JITTER_APPLY, _D_BRIGHT, _D_CONTRAST, _D_SAT, _D_HUE, _D_GRAY, _D_BLUR_APPLY,
- _D_BLUR_SIGMA, _D_SOLARIZE) = range(2 * _CROP_ATTEMPTS + 2, 2 * _CROP_ATTEMPTS + 12)
-_D_ORDER = slice(2 * _CROP_ATTEMPTS + 12, 2 * _CROP_ATTEMPTS + 16)  # jitter order
-NUM_DRAWS = 2 * _CROP_ATTEMPTS + 16
+ _D_BLUR_SIGMA, _D_SOLARIZE) = (draw_slots.FLIP, draw_slots.JITTER_APPLY, draw_slots.BRIGHT,
+                                draw_slots.CONTRAST, draw_slots.SAT, draw_slots.HUE,
+                                draw_slots.GRAY, draw_slots.BLUR_APPLY, draw_slots.BLUR_SIGMA,
+                                draw_slots.SOLARIZE)
+_D_ORDER = draw_slots.ORDER
+NUM_DRAWS = draw_slots.NUM_DRAWS
 
 
 def draws_from_seed(seed) -> tf.Tensor:

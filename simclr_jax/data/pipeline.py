@@ -35,10 +35,13 @@ from typing import Iterator, Optional
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from simclr_jax import parallel
-from simclr_jax.data import augment_tf, sources
+from simclr_jax.data import tf_support
+
+tf = tf_support.tensorflow("the tf.data input pipeline (dataset.on_device=false)")  # one error line where TF is missing
+
+from simclr_jax.data import augment_tf, sources  # noqa: E402
 from simclr_jax.errors import UserError
 
 _NO_END = 2 ** 62                # the element counter of an "infinite" stream

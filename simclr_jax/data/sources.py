@@ -1,4 +1,5 @@
-"""Image sources: the embedded "digits", a folder of JPEG/PNG files ("folder:/path"), or TFDS.
+"""Image sources: the embedded "digits", a folder of JPEG/PNG files ("folder:/path"), a numpy
+archive ("npz:/path.npz"), or TFDS.
 
 A `Source` is a split's examples plus how to read them. Most sources are RANDOM ACCESS: the
 records (decoded uint8 images, encoded bytes or file paths) and labels sit in numpy arrays, so
@@ -11,6 +12,10 @@ the pipeline uses (parallel tf.data, ~5 s for 50k CIFAR JPEGs on 2 cores); unrea
 skipped with one warning listing them. For folders too big to hold in memory the result is
 cached in ~/.cache/simclr_jax/folder_scan (or $SIMCLR_JAX_CACHE_DIR), keyed by the file list,
 sizes and modification times.
+
+TensorFlow is imported only where it is used (TFDS, and the TF decoder when it imports): the
+digits, npz archives and folders (decoded with PIL when TF is absent) load without it, so
+`dataset.on_device` runs on machines that have no TensorFlow (`tf_support`).
 """
 from __future__ import annotations
 
@@ -25,10 +30,9 @@ from typing import Callable, Optional
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 from etils import epath
 
-from simclr_jax.data import augment_tf, embedded
+from simclr_jax.data import embedded, tf_support
 from simclr_jax.errors import UserError
 from simclr_jax.workdir import as_path
 
@@ -40,14 +44,9 @@ _SCAN_CACHE_ENV = "SIMCLR_JAX_CACHE_DIR"
 
 
 def keep_tf_off_accelerators() -> None:
-    """tf.data only needs the host: never let TensorFlow reserve GPU memory JAX needs."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF already initialised its devices; nothing more we can do
-        pass
-
-
-keep_tf_off_accelerators()
+    """tf.data only needs the host: never let TensorFlow reserve GPU memory JAX needs (a no-op
+    where TensorFlow does not import)."""
+    tf_support.available()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,6 +79,8 @@ class Source:
         """A record (as the pipeline sees it) -> uint8 [H, W, 3]."""
         if self.storage == "array":
             return record
+        tf = tf_support.tensorflow(f"reading {self.name}")
+        from simclr_jax.data import augment_tf
         if self.storage == "file":
             record = tf.io.read_file(record)
         return augment_tf.decode(record)
@@ -101,6 +102,8 @@ def get_source(spec: str, split: str, data_dir: Optional[str] = None, *,
         return _digits_source(split)
     if spec.startswith("folder:"):
         return _folder_source(spec[len("folder:"):], split, in_memory)
+    if spec.startswith("npz:"):
+        return _npz_source(spec[len("npz:"):], split)
     return _tfds_source(spec, split, data_dir, in_memory)
 
 
@@ -190,6 +193,35 @@ def _list_folder(root: str) -> tuple[list, list, list]:
     return [str(top / f) for f in loose], [-1] * len(loose), []
 
 
+def decode_pil(data: bytes) -> np.ndarray:
+    """Encoded JPEG/PNG bytes -> uint8 [H, W, 3] with PIL (grayscale and RGBA become RGB).
+    PIL's JPEG IDCT may differ from TF's by a grey level or two on some pixels."""
+    import io
+
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def _scan_pil(paths: list, keep_shape: Optional[tuple]):
+    """`_scan` without TensorFlow: PIL, one file after the other (undecodable files skipped)."""
+    good, shapes, pixels = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            image = decode_pil(_read_bytes(os.fsencode(p)))
+        except Exception:  # noqa: BLE001 - any unreadable file is skipped and listed
+            continue
+        good.append(i)
+        shapes.append(image.shape)
+        if keep_shape is not None:
+            pixels.append(image if image.shape[:2] == tuple(keep_shape) else
+                          np.zeros((*keep_shape, 3), np.uint8))   # dropped by the caller
+    if not good:
+        return np.zeros([0], np.int64), np.zeros([0, 3], np.int32), None
+    return (np.asarray(good, np.int64), np.asarray(shapes, np.int32),
+            np.stack(pixels) if keep_shape is not None else None)
+
+
 def _fingerprint(paths: list) -> str:
     h = hashlib.sha1()
     for p in paths:
@@ -205,12 +237,18 @@ def _scan_cache_path(fingerprint: str) -> str:
 
 
 def _scan(paths: list, keep_shape: Optional[tuple]):
-    """Decode every file once (parallel tf.data; the same decoder the pipeline uses).
+    """Decode every file once (parallel tf.data; the same decoder the pipeline uses; PIL where
+    TensorFlow does not import).
 
     Returns (good indices [n] int64, shapes [n, 3], pixels uint8 [n, H, W, 3] or None). Pixels
     are kept only when keep_shape=(H, W) is given; any image of another shape is reported by
     `shapes` and the caller drops the pixels.
     """
+    if not tf_support.available():
+        return _scan_pil(paths, keep_shape)
+    tf = tf_support.tensorflow()
+    from simclr_jax.data import augment_tf
+
     def load(i, path):
         image = augment_tf.decode(tf.io.read_file(path))
         out = {"i": i, "shape": tf.shape(image)}
@@ -325,7 +363,13 @@ def _folder_source(root: str, split: str, in_memory: Optional[bool]) -> Source:
 # ----------------------------------------------------------------------------- TFDS
 
 def _tfds_builder(name: str, data_dir: Optional[str]):
-    import tensorflow_datasets as tfds
+    tf_support.tensorflow(f"dataset {name!r} (read through TensorFlow Datasets)")
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise UserError(f"dataset {name!r} is read through TensorFlow Datasets, which does not "
+                        f"import here ({e}): pip install tensorflow-datasets, or use 'digits', "
+                        f"'npz:/path.npz' or 'folder:/path'.") from None
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -363,9 +407,11 @@ def _skip():
     return {"image": tfds.decode.SkipDecoding()}
 
 
-def _tfds_records(builder, split, shuffle_seed: Optional[int] = None) -> tf.data.Dataset:
-    """{"image": encoded bytes, "label": int32} without decoding (skipping stays cheap)."""
+def _tfds_records(builder, split, shuffle_seed: Optional[int] = None):
+    """tf.data of {"image": encoded bytes, "label": int32} without decoding (skipping stays
+    cheap)."""
     import tensorflow_datasets as tfds
+    tf = tf_support.tensorflow()
 
     has_label = "label" in builder.info.features
     # A fixed file order per seed (never reshuffled by a second iteration) for determinism.
@@ -380,9 +426,10 @@ def _tfds_records(builder, split, shuffle_seed: Optional[int] = None) -> tf.data
 
 def _tfds_source(name: str, split: str, data_dir: Optional[str],
                  in_memory: Optional[bool]) -> Source:
-    import tensorflow_datasets as tfds
-
     builder = _tfds_builder(name, data_dir)
+    import tensorflow_datasets as tfds
+    tf = tf_support.tensorflow()
+    from simclr_jax.data import augment_tf
     features = builder.info.features
     if "image" not in features:
         raise UserError(f"TFDS dataset {name!r} has no 'image' feature "
@@ -433,3 +480,52 @@ def _tfds_source(name: str, split: str, data_dir: Optional[str],
 
     return Source(name, split, n, num_classes, shape, "stream", stream=stream,
                   stream_sizes=stream_sizes)
+
+
+# ----------------------------------------------------------------------------- npz archives
+
+def _npz_source(path: str, split: str) -> Source:
+    """A numpy archive (np.savez, no pickles): "labels" int [N] and either "images" uint8
+    [N, H, W, 3] or the encoded JPEG/PNG files of one size as "encoded" uint8 [total bytes] with
+    "offsets" int64 [N + 1] (file i = encoded[offsets[i]:offsets[i + 1]]: CIFAR-10's 50,000 JPEGs
+    are 47 MB against 154 MB of pixels). Decoded with PIL, no TensorFlow. Its one split is
+    "train" (or "all"), sliceable per class like a folder: "train[:4500]", "train[4500:]"."""
+    base, start, stop = parse_split(split)
+    if base not in ("train", "all"):
+        raise UserError(f"an npz dataset has one split, 'train' (or 'all'), optionally sliced "
+                        f"per class like 'train[:90%]' or 'train[4500:]'; got {split!r}.")
+    images, labels = _load_npz(str(as_path(path)))
+    idx = slice_per_class(labels, start, stop)
+    if len(idx) == 0:
+        raise UserError(f"split {split!r} of {path!r} selects no images.")
+    if len(idx) < len(labels):
+        images, labels = images[idx], labels[idx]
+    classes = int(labels.max()) + 1 if (labels >= 0).any() else None
+    return Source(name=f"npz:{path}", split=split, num_examples=len(idx), num_classes=classes,
+                  image_shape=images.shape[1:], storage="array", images=images, labels=labels)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, H, W, 3], int32 [N]) of an archive; decoded once for all its splits."""
+    if not epath.Path(path).is_file():
+        raise UserError(f"npz dataset {path!r} does not exist; use "
+                        f"--config.dataset.name=npz:/path/to/file.npz.")
+    with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
+        keys = set(z.files)
+        if "labels" not in keys or not ({"images"} <= keys or {"encoded", "offsets"} <= keys):
+            raise UserError(f"{path}: expected arrays 'labels' and 'images' (uint8 [N, H, W, 3]) "
+                            f"or 'encoded' + 'offsets' (JPEG/PNG bytes); found {sorted(keys)}.")
+        labels = np.asarray(z["labels"]).astype(np.int32)
+        if "images" in keys:
+            images = np.asarray(z["images"])
+        else:
+            encoded, offsets = np.asarray(z["encoded"]), np.asarray(z["offsets"])
+            images = np.stack([decode_pil(encoded[offsets[i]:offsets[i + 1]].tobytes())
+                               for i in range(len(offsets) - 1)])
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise UserError(f"{path}: 'images' must be uint8 [N, H, W, 3]; got {images.dtype} "
+                        f"{images.shape}.")
+    if len(images) != len(labels):
+        raise UserError(f"{path}: {len(images)} images but {len(labels)} labels.")
+    return images, labels

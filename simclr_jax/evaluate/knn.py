@@ -239,7 +239,7 @@ class KnnEvaluator:
 
     def __init__(self, network, mesh, *, bank, test, image_size: int, batch_size: int,
                  k: int, temperature: float, normalize: str = "none", num_shown: int = 8,
-                 neighbours_shown: int = 7):
+                 neighbours_shown: int = 7, on_device: bool = False):
         from simclr_jax.errors import UserError
         if not bank.num_classes:
             raise UserError(f"kNN evaluation needs labels but {bank.name}:{bank.split} has none; "
@@ -248,11 +248,18 @@ class KnnEvaluator:
         self.image_size, self.batch_size, self.normalize = image_size, batch_size, normalize
         self.k, self.temperature = k, temperature
         self.num_shown, self.neighbours_shown = num_shown, neighbours_shown
+        # Decoded in-memory splits are viewed in JAX with dataset.on_device or without TF.
+        from simclr_jax.data import tf_support
+        self.jax_views = all(s.storage == "array" for s in (bank, test)) and (
+            on_device or not tf_support.available())
         self.features = make_feature_fn(network, mesh)
         self._shown = None          # (test indices [T], bank indices [T, k]) of the last call
 
     def _extract(self, source, params, batch_stats):
-        from simclr_jax.data import pipeline
+        if self.jax_views:
+            from simclr_jax.data import device_dataset as pipeline
+        else:
+            from simclr_jax.data import pipeline
         batches = pipeline.eval_batches(source, global_batch_size=self.batch_size,
                                         image_size=self.image_size, mesh=self.mesh,
                                         normalize=self.normalize)
@@ -275,8 +282,11 @@ class KnnEvaluator:
         if self._shown is None:
             return None
         shown, nbrs = self._shown
-        test_images = _eval_images(self.test, shown, self.image_size)
-        bank_images = _eval_images(self.bank, nbrs.reshape(-1), self.image_size)
+        images = _eval_images
+        if self.jax_views:
+            from simclr_jax.data.device_dataset import eval_images as images
+        test_images = images(self.test, shown, self.image_size)
+        bank_images = images(self.bank, nbrs.reshape(-1), self.image_size)
         bank_images = bank_images.reshape(*nbrs.shape, *bank_images.shape[1:])
         return neighbours_grid(test_images, self.test.labels[shown], bank_images,
                                self.bank.labels[nbrs])
