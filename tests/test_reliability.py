@@ -469,11 +469,11 @@ def test_full_disk_during_a_save_and_a_read_only_workdir_are_one_line(finished, 
     assert "is not writable" in one_error_line(read("ro6.err"))
 
 
-# Measured on the 2-core CPU VM (tiny run, 1 process): SIGTERM -> checkpoint committed 0.7-1.8 s,
-# checkpoint -> exit 0.8-1.0 s with this fix; before it, checkpoint -> exit was 3.5-8 s idle and
-# 15-60 s after minutes of training (interpreter teardown and tf.data's autotuning thread, which
-# the iterator's destructor waited for). 5 s leaves room for a loaded machine and is still far
-# below a 30 s preemption grace period.
+# Measured on the 2-core CPU VM (tiny run, 1 process, 2 runs each): checkpoint committed -> exit
+# 0.8-1.0 s with this fix; before it 3.8-8.5 s (interpreter teardown, then the tf.data iterator's
+# destructor, which waits for an autotuning thread sleeping up to 60 s: 34-59 s on 2 processes
+# after minutes of training). 5 s leaves room for a loaded machine, fails the old code's typical
+# case, and is far below a 30 s preemption grace period.
 EXIT_AFTER_CHECKPOINT_S = 5.0
 
 
