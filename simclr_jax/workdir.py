@@ -320,7 +320,7 @@ class WorkdirLock:
     def _acquire(self) -> Optional[str]:
         if self.path.exists():
             held = _read_lock(self.path)
-            reason = _stale_reason(held)
+            reason = _stale_reason(held) if held else "it is empty or unreadable"
             if reason is None:
                 since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held.get("started")))
                 return (f"{self.workdir} is in use by another run (host {held.get('host')}, "
