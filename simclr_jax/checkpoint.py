@@ -77,13 +77,14 @@ def save(manager: ocp.CheckpointManager, state: TrainState) -> None:
     A full disk (here or in the previous save, whose errors surface now) is one UserError
     naming the path, the size and the last good checkpoint."""
     step = int(jax.device_get(state.step))
+    wait_until_finished(manager)   # orbax waits for the previous save anyway; its error is its own
+    _last_save.update(step=step, bytes=sum(
+        getattr(x, "nbytes", 0) for x in jax.tree.leaves(state.to_dict())))
     try:
         manager.save(step, args=ocp.args.StandardSave(state.to_dict()))
     except Exception as e:
         _raise_if_disk_full(e, manager)
         raise
-    _last_save.update(step=step, bytes=sum(
-        getattr(x, "nbytes", 0) for x in jax.tree.leaves(state.to_dict())))
 
 
 def wait_until_finished(manager: ocp.CheckpointManager) -> None:
