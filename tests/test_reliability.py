@@ -498,9 +498,11 @@ def _start_and_signal(command, env, log, signals, after_steps: int, ckpts):
         assert proc.poll() is None and time.time() < deadline, open(log).read()[-3000:]
         time.sleep(0.05)
     t0 = time.time()
-    for s in signals:
+    for k, s in enumerate(signals):
+        if k:   # signals that arrive before Python ran the handler coalesce: wait for it
+            while "Interrupted:" not in open(log).read() and proc.poll() is None:
+                time.sleep(0.002)
         proc.send_signal(s)
-        time.sleep(0.02)
     committed = None
     while proc.poll() is None:
         if committed is None and os.path.isdir(ckpts) and any(
