@@ -11,6 +11,7 @@ or queue size), not damage: it stops with one line instead of falling back.
 """
 from __future__ import annotations
 
+import errno
 import time
 from typing import Callable, Optional
 
@@ -27,15 +28,72 @@ DAMAGED = "damaged_checkpoints"
 
 
 def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    if max_to_keep is not None and max_to_keep < 1:   # orbax would delete every checkpoint
+        raise UserError(f"keep_checkpoints={max_to_keep} would keep no checkpoint, so the run "
+                        f"could never resume; use 1 or more (default 3).")
     return ocp.CheckpointManager(
         as_path(workdir) / "checkpoints", item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+_FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
+_last_save: dict = {}    # the save in flight: its step and size, for the disk-full message
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether `e` (or an exception it wraps) says the device is full. Orbax and tensorstore
+    wrap the OS error in their own types, so the text is checked as well as errno."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(marker in str(e) for marker in _FULL_MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _raise_if_disk_full(e: BaseException, manager: ocp.CheckpointManager) -> None:
+    if not _disk_full(e):
+        return
+    step, size = _last_save.get("step"), _last_save.get("bytes")
+    directory = manager.directory
+    try:
+        manager.reload()
+        good = [s for s in manager.all_steps() if s != step]
+    except Exception:   # the listing is only for the message
+        good = []
+    last = (f"the last good checkpoint is step {max(good)} ({directory}/{max(good)})" if good
+            else "no checkpoint was completed yet")
+    needed = f", needing about {size / 2**20:.1f} MiB" if size else ""
+    raise UserError(f"no space left on device while saving checkpoint {directory}/{step}"
+                    f"{needed}; {last}. Free space and re-run the same command to resume.") from None
+
+
 def save(manager: ocp.CheckpointManager, state: TrainState) -> None:
-    """Start an asynchronous save of `state` at its step (the loop waits once, at its end)."""
+    """Start an asynchronous save of `state` at its step (the loop waits once, at its end).
+
+    A full disk (here or in the previous save, whose errors surface now) is one UserError
+    naming the path, the size and the last good checkpoint."""
     step = int(jax.device_get(state.step))
-    manager.save(step, args=ocp.args.StandardSave(state.to_dict()))
+    wait_until_finished(manager)   # orbax waits for the previous save anyway; its error is its own
+    _last_save.update(step=step, bytes=sum(
+        getattr(x, "nbytes", 0) for x in jax.tree.leaves(state.to_dict())))
+    try:
+        manager.save(step, args=ocp.args.StandardSave(state.to_dict()))
+    except Exception as e:
+        _raise_if_disk_full(e, manager)
+        raise
+
+
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+    """Wait for the save in flight; a full disk is one UserError (see `save`)."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:
+        _raise_if_disk_full(e, manager)
+        raise
 
 
 def _is_leaf_metadata(m) -> bool:

@@ -6,6 +6,7 @@ from simclr_jax.data import aug_presets
 from simclr_jax.errors import UserError
 
 DEVICE_RESIZE = ("bicubic", "bilinear")     # augment_jax.RESIZE_METHODS (kept import-light)
+SPLIT_KEYS = ("train_split", "knn_train_split", "knn_test_split")
 
 
 def _fail(msg: str):
@@ -21,6 +22,10 @@ def validate_config(config) -> None:
         _fail("set --config.num_epochs or --config.num_steps (num_steps wins when both are set).")
     if config.batch_size <= 0:
         _fail(f"batch_size must be positive, got {config.batch_size}.")
+    keep = config.get("keep_checkpoints")
+    if keep is not None and keep < 1:
+        _fail(f"keep_checkpoints={keep} would keep no checkpoint, so the run could never resume "
+              f"and export would find nothing; use 1 or more (default 3).")
     for name in ("log_every_steps", "checkpoint_every_steps"):
         if config[name] <= 0:
             _fail(f"{name} must be positive, got {config[name]}.")
@@ -43,3 +48,29 @@ def validate_config(config) -> None:
         if config.dataset.get("on_device") and aug[name].resize_method not in DEVICE_RESIZE:
             _fail(f"aug.{name}.resize_method={aug[name].resize_method!r} is not available with "
                   f"dataset.on_device; use one of {', '.join(DEVICE_RESIZE)}.")
+
+
+def check_splits(config) -> None:
+    """Every split the run will read (training and the kNN monitor's), before any file is
+    written, with the key to fix named. Cheap: the digits are loaded (they are embedded), a
+    folder's split names are checked without scanning it; TFDS splits are checked when read."""
+    from simclr_jax.data import sources
+    ds = config.dataset
+    for key in SPLIT_KEYS:
+        split = ds.get(key)
+        if key != "train_split" and not split:
+            continue   # '' disables the kNN monitor
+        try:
+            if split is None:
+                raise UserError("it is not set")
+            base, _, _ = sources.parse_split(split)
+            if ds.name == "digits":
+                sources.get_source("digits", split)
+            elif str(ds.name).startswith("folder:") and base not in ("train", "all"):
+                raise UserError("a folder dataset has one split, 'train' (or 'all'), sliced per "
+                                "class like 'train[:90%]' or 'train[-10%:]'")
+        except UserError as e:
+            hint = ("" if key == "train_split" else
+                    "; set --config.dataset.knn_train_split='' to turn the kNN monitor off")
+            raise UserError(f"--config.dataset.{key}={split!r}: {str(e).rstrip('.')}{hint}.") \
+                from None

@@ -23,7 +23,7 @@ from simclr_jax import checkpoint
 from simclr_jax.data import normalization
 from simclr_jax.errors import UserError
 from simclr_jax.models import build_backbone
-from simclr_jax.workdir import as_path
+from simclr_jax.workdir import _path_problem, as_path
 
 ENCODER_CONFIG = "encoder_config.json"
 EXPECTED = "uint8 [B, H, W, 3] (or one [H, W, 3] image), or float in [0, 1]"
@@ -50,6 +50,12 @@ def check_images(images) -> tuple[jnp.ndarray, bool]:
         return x, single
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise UserError(f"the encoder expects {EXPECTED}; got dtype {x.dtype}.")
+    if x.size == 0:   # an empty batch -> [0, F], as for uint8
+        return x, single
+    bad = int(jnp.sum(~jnp.isfinite(x)))
+    if bad:
+        raise UserError(f"the encoder expects {EXPECTED}; got {bad} NaN or infinite values "
+                        f"(their features would be NaN).")
     lo, hi = float(jnp.min(x)), float(jnp.max(x))
     if not (lo >= 0.0 and hi <= 1.0):
         raise UserError(f"the encoder expects {EXPECTED}; got floats in [{lo:g}, {hi:g}]. "
@@ -158,6 +164,18 @@ def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
     return str(out)
 
 
+def _check_out(out_dir: str) -> None:
+    """--out must be a directory we can create or write: one line otherwise."""
+    out = as_path(out_dir)
+    try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out_dir} is an existing file, not a directory; pass a new "
+                            f"or existing directory.")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(_path_problem(out_dir, e).replace("--workdir", "--out")) from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Export the pretrained encoder of a workdir.")
     p.add_argument("--workdir", required=True)
@@ -178,6 +196,7 @@ def main(argv=None):
     try:
         distributed.join(a.distributed, distributed.resolve_settings(
             a.coordinator_address, a.num_processes, a.process_id))
+        _check_out(a.out)
         if a.format == "native":
             out, notes = export_encoder(a.workdir, a.out, a.step), []
         else:

@@ -4,11 +4,13 @@ Kept tiny on purpose: parse flags, join the other hosts if there are any, call
 `train.train_and_evaluate`. Config overrides: --config.batch_size=512 --config.model.depth=50.
 
 Exit status: 0 finished; 2 a usage or config mistake (one line on stderr); 3 stopped early
-(SIGTERM / preemption) with a checkpoint saved: re-run the same command to resume;
+(SIGTERM / preemption, or a first Ctrl-C) with a checkpoint saved: re-run the same command to
+resume; 130 a second Ctrl-C (aborted, the last complete checkpoint is kept);
 1 anything else (a bug: traceback).
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 from absl import app, flags, logging
@@ -65,10 +67,23 @@ def main(argv):
     except (UserError, DivergedError) as e:  # anything else is a bug: keep its traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:   # a full or read-only disk under a workdir file: not a bug
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"error: cannot write {e.filename or _WORKDIR.value}: {e.strerror}; free space (or "
+              f"make it writable) and re-run the same command: the checkpoints already written "
+              f"are kept.", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:   # Ctrl-C outside a training loop (start-up, an evaluation)
+        print(f"error: interrupted; the checkpoints already in {_WORKDIR.value} are kept: re-run "
+              f"the same command to go on.", file=sys.stderr)
+        preemption.exit_now(preemption.EXIT_INTERRUPTED)
     if jax.process_index() == 0:
         print(format_summary(summary), flush=True)
     if summary.get("stopped"):
-        sys.exit(preemption.EXIT_STOPPED)
+        # Everything is durable; skip the interpreter's slow teardown (see exit_now), which
+        # could outlast a preemption grace period.
+        preemption.exit_now(preemption.EXIT_STOPPED)
 
 
 def _loaded_config():
@@ -136,9 +151,52 @@ def _parse_flags(argv):
             lines = [lines[0], lines[-1]]
         print("error: " + " ".join(lines), file=sys.stderr)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
-        message = e.args[0] if e.args else str(e)
-        print(f"error: bad --config override: {message}".replace("\n", " "), file=sys.stderr)
+        print(f"error: bad --config override: {_override_message(e, argv)}", file=sys.stderr)
     sys.exit(2)
+
+
+def _override_message(e: BaseException, argv) -> str:
+    """One readable line for a failed --config.key=value: config_flags wraps the KeyError of an
+    unknown key in an AttributeError, and KeyError's text is its repr (quotes, a literal \\n)."""
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    text = str(e.args[0]) if e.args else str(e)
+    if not isinstance(e, KeyError):
+        return " ".join(text.split())
+    name = text.splitlines()[0].strip().strip("'\"")
+    keys = [a[len("--config."):].partition("=")[0] for a in argv if a.startswith("--config.")]
+    key = next((k for k in keys if k.split(".")[-1] == name or k.startswith(name + ".")), name)
+    return f"--config.{key}: no such key{_key_hint(argv, key)}"
+
+
+def _key_hint(argv, key: str) -> str:
+    """'; did you mean --config.x?' from the config file's keys, or the keys at that level."""
+    import difflib
+
+    from simclr_jax.config_base import load_config_file
+    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    try:
+        file, _, preset = spec.partition(":")
+        config = load_config_file(file, preset or None).to_dict()
+    except Exception:   # only for the hint: the error line stands without it
+        return ""
+
+    def flat(tree, prefix=""):
+        for k, v in tree.items():
+            yield prefix + k
+            if isinstance(v, dict):
+                yield from flat(v, prefix + k + ".")
+
+    names = list(flat(config))
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.75)
+    if close:
+        return "; did you mean " + " or ".join(f"--config.{c}" for c in close) + "?"
+    parent = key.rpartition(".")[0]
+    level = [n for n in names if n.rpartition(".")[0] == parent]
+    where = f"under {parent}" if parent else "at the top level"
+    return f"; the keys {where} are: {', '.join(level)}."
 
 
 def run():

@@ -17,7 +17,7 @@ import optax
 
 from simclr_jax import checkpoint, optim, parallel, preemption, reporting
 from simclr_jax import workdir as workdir_lib
-from simclr_jax.config_validation import validate_config
+from simclr_jax.config_validation import check_splits, validate_config
 from simclr_jax.data import augment_jax, device_dataset, normalization, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
@@ -247,6 +247,15 @@ def mean_metrics(history: list[dict]) -> dict:
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
+# The pretraining input iterator of the latest run, kept alive on purpose. Destroying a tf.data
+# iterator waits for its autotuning thread, which sleeps up to 60 s between rounds (measured: a
+# SIGTERM'd run spent 15-60 s in that destructor after a few minutes of training, longer than a
+# preemption grace period). The command line ends with os._exit once everything is durable
+# (preemption.exit_now), so it never waits; a library caller waits when its next run replaces
+# this one, or at interpreter exit.
+_LAST_PIPELINE: list = []
+
+
 def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None) -> dict:
     """Pretrain with `config`, writing TensorBoard events and checkpoints under `workdir`.
 
@@ -259,16 +268,18 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     "stopped" is True when the run ended before total_steps.
     """
     validate_config(config)
+    check_splits(config)
     stop = preemption.StopSignal()  # from here on, SIGTERM stops at the first step boundary
     try:
-        with workdir_lib.WorkdirLock(workdir):
-            return _train_and_evaluate(config, workdir, stop_after_steps, stop)
+        with workdir_lib.WorkdirLock(workdir) as lock:
+            return _train_and_evaluate(config, workdir, stop_after_steps, stop,
+                                       read_only=lock.read_only)
     finally:
         stop.restore()
 
 
 def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
-                        stop: preemption.StopSignal) -> dict:
+                        stop: preemption.StopSignal, read_only: bool = False) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh)
     method = get_method(config.method)
@@ -294,6 +305,9 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
                                            config_changes, config.method)
     if finished is not None:
         return finished
+    if read_only:
+        raise UserError(f"--workdir {workdir} is not writable and holds no finished run of this "
+                        f"config; pass a writable directory (copy this one to resume it).")
 
     network = method.build_network(config, num_classes)
     tx = make_optimizer(config, method, lr_schedule, ctx)
@@ -398,7 +412,8 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             if stopping:
                 break
     finally:
-        manager.wait_until_finished()
+        _LAST_PIPELINE[:] = [batches]   # not destroyed here: see _LAST_PIPELINE
+        checkpoint.wait_until_finished(manager)
 
     final_step = int(jax.device_get(state.step))
     if final_step == total_steps and start_step == total_steps:

@@ -15,6 +15,7 @@ processes through `_agree`, so every process stops or goes on together.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -241,6 +242,42 @@ def _stale_reason(lock: dict) -> Optional[str]:
     return None
 
 
+def _read_lock(path: epath.Path) -> dict:
+    """The lock's fields; {} for an empty or unreadable one (not JSON: no live run of ours
+    wrote it, since locks are written whole), which is then taken over as stale."""
+    try:
+        lock = json.loads(path.read_text() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        logging.warning("%s is not a lock this program wrote (not JSON); treating it as stale.",
+                        path)
+        return {}
+    return lock if isinstance(lock, dict) else {}
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _path_problem(workdir, e: BaseException) -> str:
+    """One line saying why `workdir` cannot be used, from the error that showed it."""
+    if isinstance(e, FileExistsError) or (isinstance(e, OSError) and e.errno == errno.EEXIST):
+        return f"--workdir {workdir} is an existing file, not a directory; pass a directory path."
+    if isinstance(e, NotADirectoryError):
+        return (f"--workdir {workdir} is under a file, not a directory ({e.filename or workdir}); "
+                f"pass a path whose parents are directories.")
+    if isinstance(e, OSError) and e.errno in _FULL:
+        return (f"no space left on the device of --workdir {workdir} ({e.strerror}); free space "
+                f"and re-run the same command.")
+    if isinstance(e, OSError) and e.errno in _NOT_WRITABLE:
+        return (f"--workdir {workdir} is not writable ({e.strerror}); pass a writable directory, "
+                f"or copy a finished run elsewhere to resume it.")
+    if isinstance(e, OSError) and e.strerror:
+        return f"cannot use --workdir {workdir}: {e.strerror}; pass a writable directory."
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return f"cannot use --workdir {workdir} ({type(e).__name__}: {first}); check the path and " \
+           f"your access to it."
+
+
 class WorkdirLock:
     """One live run per workdir. A context manager; process 0 holds the file for the job.
 
@@ -257,17 +294,38 @@ class WorkdirLock:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.read_only = False   # a read-only workdir holding a finished run: no lock, no writes
 
     def _record(self, started: float) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": started,
                 "heartbeat": time.time(), "token": self.token}
 
     def _try_acquire(self) -> Optional[str]:
-        """None when this run holds the lock, else the reason it cannot."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """None when this run holds the lock (or may go on without one), else the reason.
+
+        A workdir that cannot be created or written is a user mistake, reported in one line;
+        one that is read-only but holds a finished run may still print its stored result
+        (self.read_only: nothing is written)."""
+        try:
+            if self.path.parent.exists() and not self.path.parent.is_dir():
+                raise FileExistsError(errno.EEXIST, "File exists", str(self.path.parent))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._acquire()
+        except UserError:
+            raise
+        except Exception as e:   # the path, the file system or the object store refused
+            if (isinstance(e, OSError) and e.errno in _NOT_WRITABLE
+                    and (self.path.parent / FINAL_METRICS).exists()):
+                logging.warning("%s is not writable (%s): only a finished run's stored result "
+                                "can be shown.", self.workdir, e.strerror)
+                self.read_only = True
+                return None
+            return _path_problem(self.workdir, e)
+
+    def _acquire(self) -> Optional[str]:
         if self.path.exists():
-            held = json.loads(self.path.read_text() or "{}")
-            reason = _stale_reason(held)
+            held = _read_lock(self.path)
+            reason = _stale_reason(held) if held else "it is empty or unreadable"
             if reason is None:
                 since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held.get("started")))
                 return (f"{self.workdir} is in use by another run (host {held.get('host')}, "
@@ -279,14 +337,14 @@ class WorkdirLock:
         self._started = time.time()
         _write_atomically(self.path, json.dumps(self._record(self._started)))
         time.sleep(_LOCK_SETTLE_S)
-        if json.loads(self.path.read_text()).get("token") != self.token:
+        if _read_lock(self.path).get("token") != self.token:
             return f"{self.workdir} was locked by another run starting at the same moment."
         return None
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                if json.loads(self.path.read_text()).get("token") != self.token:
+                if _read_lock(self.path).get("token") != self.token:
                     logging.error("The lock of %s was taken over by another run.", self.workdir)
                     return
                 _write_atomically(self.path, json.dumps(self._record(self._started)))
@@ -296,20 +354,20 @@ class WorkdirLock:
     def __enter__(self) -> "WorkdirLock":
         error = self._try_acquire() if _is_chief() else None
         _agree(error)
-        if _is_chief():
+        if _is_chief() and not self.read_only:
             self._thread = threading.Thread(target=self._heartbeat, daemon=True,
                                             name="workdir-lock-heartbeat")
             self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if not _is_chief():
+        if not _is_chief() or self.read_only:
             return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         try:
-            if json.loads(self.path.read_text()).get("token") == self.token:
+            if _read_lock(self.path).get("token") == self.token:
                 self.path.unlink()
         except FileNotFoundError:
             pass

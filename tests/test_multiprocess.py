@@ -212,12 +212,26 @@ def simclr_runs(tmp_path_factory):
     return two, one
 
 
+# What is exactly equal across topologies is the data (tests/test_pipeline_topology.py: the
+# same global batch bytes); the numerics of each step agree up to float reduction order. Measured
+# here: per-step losses within 2e-7 relative over 3 steps. Long runs drift apart (issue 22: after
+# 30 steps the final loss was 8.130 vs 8.466), so only the first steps are held to this bound.
+PER_STEP_LOSS_RTOL = 1e-5
+
+
 def test_simclr_pretraining_two_processes_equal_one(simclr_runs):
+    from tb_events import scalar_series
     two, one = simclr_runs
     got, want = (read_json(d / "pretrain", "final_metrics.json") for d in (two, one))
     assert got["step"] == want["step"] == 3
     assert_close_metrics(got, want, ["loss", "total_loss"])
     assert_close_trees(final_arrays(two / "pretrain"), final_arrays(one / "pretrain"))
+    # Every step's loss (logged each step), not only the last one.
+    got, want = (scalar_series(d / "pretrain", "loss") for d in (two, one))
+    assert sorted(got) == sorted(want) == [1, 2, 3], (got, want)
+    worst = max(abs(got[k] - want[k]) / abs(want[k]) for k in want)
+    print(f"per-step loss, 2 processes vs 1: max relative difference {worst:.2e}")
+    assert worst <= PER_STEP_LOSS_RTOL, (got, want)
 
 
 def test_evaluation_protocols_two_processes_equal_one(simclr_runs):
