@@ -293,7 +293,7 @@ def test_pretrain_batches_shapes_sharding_and_views(mesh):
     aug = aug_presets.two_views(aug_presets.simclr(0.5, 0.0), aug_presets.simclr(0.5, 0.0))
     batch = next(pipeline.pretrain_batches(src, aug, global_batch_size=16, image_size=16, seed=0,
                                            mesh=mesh))
-    assert set(batch) == {"view1", "view2", "label"}
+    assert set(batch) == {"view1", "view2", "label", "index"}
     for k in ("view1", "view2"):
         assert batch[k].shape == (16, 16, 16, 3) and batch[k].dtype == np.float32
     assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
@@ -371,7 +371,7 @@ def test_pretrain_three_views(mesh):
     aug.view3 = plain_view()
     batch = next(pipeline.pretrain_batches(toy_source(32), aug, global_batch_size=16,
                                            image_size=4, seed=0, mesh=mesh, num_views=3))
-    assert set(batch) == {"view1", "view2", "view3", "label"}
+    assert set(batch) == {"view1", "view2", "view3", "label", "index"}
 
 
 def test_pretrain_streamed_source_resumes_across_epochs(tiny_tfds, mesh):
