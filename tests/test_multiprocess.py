@@ -344,4 +344,7 @@ def test_kill_9_of_one_process_ends_the_other_with_a_clear_message(tmp_path):
     assert code != 0
     log = run.log(0)
     assert "another task died" in log, log[-3000:]
-    assert "Task 1 heartbeat timeout" in log or "stopped sending heartbeats" in log, log[-3000:]
+    # JAX names the dead peer by its missed heartbeats, or, when the coordination service
+    # sees the connection drop first, as crashed tasks: both are the clear message.
+    assert any(m in log for m in ("Task 1 heartbeat timeout", "stopped sending heartbeats",
+                                  "The tasks have crashed")), log[-3000:]
