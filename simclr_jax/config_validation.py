@@ -58,8 +58,8 @@ def check_splits(config) -> None:
     ds = config.dataset
     for key in SPLIT_KEYS:
         split = ds.get(key)
-        if key != "train_split" and not split:
-            continue   # '' disables the kNN monitor
+        if key != "train_split" and (not split or not ds.get("knn_train_split")):
+            continue   # knn_train_split='' disables the kNN monitor (its test split is unread)
         try:
             if split is None:
                 raise UserError("it is not set")

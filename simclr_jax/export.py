@@ -164,10 +164,17 @@ def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
     return str(out)
 
 
-def _check_out(out_dir: str) -> None:
-    """--out must be a directory we can create or write: one line otherwise."""
+def _check_out(out_dir: str, is_file: bool = False) -> None:
+    """--out must be a directory (native) or a file (other formats) in a folder we can create or
+    write: one line otherwise, before any work."""
     out = as_path(out_dir)
     try:
+        if is_file:
+            if out.is_dir():
+                raise UserError(f"--out {out_dir} is an existing directory; this format writes "
+                                f"one file: pass a file name (.pth, .safetensors or .pkl).")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            return
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out_dir} is an existing file, not a directory; pass a new "
                             f"or existing directory.")
@@ -196,7 +203,7 @@ def main(argv=None):
     try:
         distributed.join(a.distributed, distributed.resolve_settings(
             a.coordinator_address, a.num_processes, a.process_id))
-        _check_out(a.out)
+        _check_out(a.out, is_file=a.format != "native")
         if a.format == "native":
             out, notes = export_encoder(a.workdir, a.out, a.step), []
         else:

@@ -66,6 +66,7 @@ def main(argv):
         summary = run_mode(_loaded_config(), _WORKDIR.value)
     except (UserError, DivergedError) as e:  # anything else is a bug: keep its traceback
         print(f"error: {e}", file=sys.stderr)
+        _quiet_abandoned_tasks()
         sys.exit(2)
     except OSError as e:   # a full or read-only disk under a workdir file: not a bug
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -73,6 +74,7 @@ def main(argv):
         print(f"error: cannot write {e.filename or _WORKDIR.value}: {e.strerror}; free space (or "
               f"make it writable) and re-run the same command: the checkpoints already written "
               f"are kept.", file=sys.stderr)
+        _quiet_abandoned_tasks()
         sys.exit(2)
     except KeyboardInterrupt:   # Ctrl-C outside a training loop (start-up, an evaluation)
         print(f"error: interrupted; the checkpoints already in {_WORKDIR.value} are kept: re-run "
@@ -84,6 +86,14 @@ def main(argv):
         # Everything is durable; skip the interpreter's slow teardown (see exit_now), which
         # could outlast a preemption grace period.
         preemption.exit_now(preemption.EXIT_STOPPED)
+
+
+def _quiet_abandoned_tasks() -> None:
+    """After a reported error, the writes of an abandoned save (a full disk) are garbage-collected
+    at exit and asyncio logs each one's traceback ("Task exception was never retrieved"): the
+    error line above already says what happened, so these are not printed."""
+    import logging as std_logging
+    std_logging.getLogger("asyncio").disabled = True
 
 
 def _loaded_config():

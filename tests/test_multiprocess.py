@@ -35,6 +35,7 @@ TIMEOUT_S = 300           # per process: a hang fails instead of blocking the su
 HEARTBEAT_S = 10          # dead-peer detection in the kill -9 test
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"simclr_jax_mp_cache_{os.getpid()}")
 LOSS_RTOL = 1e-4
+LOSS_ATOL = 1e-5   # SimSiam's loss (a cosine in [-1, 1]) can be ~1e-3 after a few steps
 PARAM_TOL = 1e-4
 
 
@@ -154,7 +155,7 @@ def assert_close_metrics(got: dict, want: dict, keys, num_examples: int | None =
         if num_examples:
             assert abs(got[k] - want[k]) <= 1.0 / num_examples + 1e-9, (k, got[k], want[k])
         else:
-            np.testing.assert_allclose(got[k], want[k], rtol=LOSS_RTOL, err_msg=k)
+            np.testing.assert_allclose(got[k], want[k], rtol=LOSS_RTOL, atol=LOSS_ATOL, err_msg=k)
 
 
 def assert_close_trees(a, b):

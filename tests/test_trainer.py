@@ -91,6 +91,7 @@ def test_unknown_dataset_and_empty_folder(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     config.dataset.name = f"folder:{empty}"
+    config.dataset.knn_train_split = ""   # a folder has no 'test' split; that is checked first
     with pytest.raises(ValueError, match="(?i)no image|empty"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
 

@@ -12,6 +12,9 @@ import copy
 HEAD_KINDS = {"simclr": "bn_mlp", "moco_v1": "linear", "moco_v2": "mlp",
               "moco_v3": "bn_mlp_nonaffine", "byol": "bn_mlp_biased"}
 CONV_INITS = {"simclr": "fan_in_truncated_normal"}
+# Keys added since, with the value the older code behaved as (so resuming an old run with the
+# default is not a change of its data stream or state).
+ADDED_KEYS = {("dataset", "on_device"): False}
 
 
 def migrate_config(config: dict | None) -> dict | None:
@@ -24,4 +27,7 @@ def migrate_config(config: dict | None) -> dict | None:
         head["kind"] = HEAD_KINDS[head["kind"]]
     if isinstance(model, dict) and model.get("conv_init") in CONV_INITS:
         model["conv_init"] = CONV_INITS[model["conv_init"]]
+    for (section, key), value in ADDED_KEYS.items():
+        if isinstance(config.get(section), dict):
+            config[section].setdefault(key, value)
     return config
