@@ -7,6 +7,7 @@ a save) with that uninterrupted run.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -425,12 +426,13 @@ def _mount_namespace() -> list | None:
 
 def test_full_disk_during_a_save_and_a_read_only_workdir_are_one_line(finished, tmp_path):
     """Issue 22 items 5 and 1 on real file systems (a private tmpfs): the disk fills during the
-    second save -> one line naming the checkpoint, its size and the last good one; after space
+    second save (or, with orbax's transient files, the first) -> one line naming the checkpoint,
+    its size and the last good one (or that none was completed yet); after space
     is freed the same command resumes and ends with the uninterrupted run's parameters. A
     read-only copy of a finished run prints its stored result; asked for more steps, one line.
     The tmpfs is sized from the shared finished run (the same config): every page its files
-    take, less half of its step-4 checkpoint, so the run fills it midway through the second
-    save whatever the checkpoint's size."""
+    take, less half of its step-4 checkpoint, so the run fills it by the second save whatever
+    the checkpoint's size."""
     unshare = _mount_namespace()
     if unshare is None:
         pytest.skip("needs a mount namespace (unshare) to mount a small tmpfs")
@@ -465,8 +467,15 @@ def test_full_disk_during_a_save_and_a_read_only_workdir_are_one_line(finished, 
 
     assert read("full.rc").strip() == "2", read("full.err")[-3000:]
     line = one_error_line(read("full.err"))
-    assert f"no space left on device while saving checkpoint {mnt}/run/checkpoints/4" in line
-    assert f"the last good checkpoint is step 2 ({mnt}/run/checkpoints/2)" in line
+    # Where the disk fills depends on orbax's transient files (seen on CI: during the first
+    # save); either way the line names the checkpoint and what is left to resume from.
+    saving = re.search(rf"no space left on device while saving checkpoint {mnt}/run/"
+                       rf"checkpoints/(\d+)", line)
+    assert saving, line
+    if saving.group(1) == "4":
+        assert f"the last good checkpoint is step 2 ({mnt}/run/checkpoints/2)" in line
+    else:
+        assert saving.group(1) == "2" and "no checkpoint was completed yet" in line, line
     assert "MiB" in line and "re-run the same command" in line, line
     assert read("again.rc").strip() == "0", read("again.err")[-3000:]
     assert_trees_equal(checkpoint.restore_arrays(str(out / "run")), finished[2])
@@ -485,7 +494,6 @@ EXIT_AFTER_CHECKPOINT_S = 5.0
 
 
 def _logged_steps(path) -> list:
-    import re
     with open(path) as f:
         return [int(s) for s in re.findall(r"\] \[(\d+)\] .*\bloss=", f.read())]
 
