@@ -24,8 +24,12 @@ def digest(tree):
             sum(l.size for l in leaves))
 
 
-def assert_matches(ref: dict, state, losses, emas) -> None:
-    np.testing.assert_allclose(losses, ref["loss"], rtol=2e-5, atol=1e-6)
+def assert_matches(ref: dict, state, losses, emas, updates_rtol: float = 1e-5) -> None:
+    """`updates_rtol`: how far the losses after the first step and the state digests (relative
+    to the sum of absolute values) may drift with the CPU's rounding; the first loss (the
+    initial network's forward pass) is always held to 2e-5."""
+    np.testing.assert_allclose(losses[:1], ref["loss"][:1], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(losses, ref["loss"], rtol=max(2e-5, updates_rtol), atol=1e-6)
     np.testing.assert_allclose(emas, ref["ema_momentum"], rtol=1e-7)
     state = jax.device_get(state)
     new_fields = {"params", "batch_stats"} | {f"method_state.{k}"
@@ -42,4 +46,5 @@ def assert_matches(ref: dict, state, losses, emas) -> None:
         total, absolute, n = digest(value)
         assert n == ref[name]["n"], name
         np.testing.assert_allclose([total, absolute], [ref[name]["sum"], ref[name]["abs"]],
-                                   rtol=1e-5, atol=1e-5, err_msg=name)
+                                   rtol=1e-5, atol=max(1e-5, updates_rtol * ref[name]["abs"]),
+                                   err_msg=name)
