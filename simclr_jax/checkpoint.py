@@ -40,7 +40,7 @@ _FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
 _last_save: dict = {}    # the save in flight: its step and size, for the disk-full message
 
 
-def _disk_full(e: BaseException) -> bool:
+def disk_full(e: BaseException) -> bool:
     """Whether `e` (or an exception it wraps) says the device is full. Orbax and tensorstore
     wrap the OS error in their own types, so the text is checked as well as errno."""
     seen = set()
@@ -55,7 +55,7 @@ def _disk_full(e: BaseException) -> bool:
 
 
 def _raise_if_disk_full(e: BaseException, manager: ocp.CheckpointManager) -> None:
-    if not _disk_full(e):
+    if not disk_full(e):
         return
     step, size = _last_save.get("step"), _last_save.get("bytes")
     directory = manager.directory

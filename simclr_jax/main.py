@@ -62,6 +62,8 @@ def main(argv):
     from simclr_jax.data import tf_support
     tf_support.available()     # tf.data only (where TF imports): the accelerators are JAX's
 
+    _quiet_failed_saves()
+
     try:
         summary = run_mode(_loaded_config(), _WORKDIR.value)
     except (UserError, DivergedError) as e:  # anything else is a bug: keep its traceback
@@ -88,12 +90,51 @@ def main(argv):
         preemption.exit_now(preemption.EXIT_STOPPED)
 
 
+def _is_closed_loop_callback(exc) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _DropFailedWrites:
+    """asyncio log filter: drops "Task exception was never retrieved" for a write that failed
+    because the disk is full (checkpoint.py reports that save in one line)."""
+
+    def filter(self, record) -> bool:
+        from simclr_jax.checkpoint import disk_full
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and disk_full(exc))
+
+
+def _quiet_failed_saves() -> None:
+    """When a checkpoint save fails on a full disk, orbax abandons the save's write tasks and
+    closes its asyncio loop while tensorstore writes are still completing. Each abandoned task
+    was logged as "Task exception was never retrieved" with its traceback, and each completion
+    calling back into the closed loop printed a bare RuntimeError("Event loop is closed")
+    traceback: 170 tracebacks around the one error line (seen 2026-12-06). They say nothing
+    the error line does not, so they are not printed; any other exception keeps its traceback."""
+    import logging as std_logging
+    std_logging.getLogger("asyncio").addFilter(_DropFailedWrites())
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def on_exception(kind, value, tb):
+        if not _is_closed_loop_callback(value):
+            excepthook(kind, value, tb)
+
+    def on_unraisable(info):
+        if not _is_closed_loop_callback(info.exc_value):
+            unraisablehook(info)
+
+    sys.excepthook, sys.unraisablehook = on_exception, on_unraisable
+
+
 def _quiet_abandoned_tasks() -> None:
     """After a reported error, the writes of an abandoned save (a full disk) are garbage-collected
-    at exit and asyncio logs each one's traceback ("Task exception was never retrieved"): the
-    error line above already says what happened, so these are not printed."""
+    at exit and asyncio logs each one's traceback ("Task exception was never retrieved"), and
+    Python warns of their never-awaited coroutines: the error line above already says what
+    happened, so these are not printed."""
     import logging as std_logging
+    import warnings
     std_logging.getLogger("asyncio").disabled = True
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
 
 
 def _loaded_config():
