@@ -23,10 +23,11 @@ def assert_trees_equal(a, b, rtol=1e-6, atol=1e-7):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-# MoCo v2: a method state (queue + EMA target), shuffle BN and an optimizer state. InstDisc's
-# bank resumes exactly after kill -9 in tests/test_instdisc.py, the quickstart's in
-# tests/test_reliability.py; SimSiam's fixed-LR group lives in the optimizer state like any other.
-@pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10")])
+# InstDisc's bank resumes exactly after kill -9 in tests/test_instdisc.py, the quickstart after
+# kill -9 at random moments in tests/test_reliability.py.
+@pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10"),   # queue + EMA + shuffle BN
+                                         ("simsiam.py", "cifar10"),   # fixed-LR param group
+                                         ("invaspread.py", "cifar10")])
 def test_resume_reaches_the_same_state(tmp_path, file, preset):
     config = tiny(file, preset, batch_size=16, image_size=16, steps=4)
     config.profile_first_step, config.profile_num_steps = 1, 1   # profiling changes nothing
