@@ -79,8 +79,8 @@ def main():
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--after", type=int, default=5, help="steps logged before SIGTERM")
     a = parser.parse_args()
-    print(f"| processes | run | signal -> checkpoint (s) | signal -> exit, each process (s) "
-          f"| status |\n|---|---|---|---|---|")
+    print("| processes | run | signal -> checkpoint (s) | signal -> exit, each process (s) "
+          "| status |\n|---|---|---|---|---|")
     for run in range(a.runs):
         with tempfile.TemporaryDirectory() as root:
             r = one_run(a.processes, a.after, root)

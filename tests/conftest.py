@@ -39,6 +39,6 @@ LONGEST_FIRST = ("test_multiprocess.py", "test_reliability.py", "test_presets.py
 
 def pytest_collection_modifyitems(items):
     def rank(item):
-        name = os.path.basename(str(item.fspath))
+        name = item.path.name
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
     items.sort(key=rank)        # stable: a file's tests keep their order and stay together
