@@ -3,7 +3,8 @@
 __version__ = "0.1.0"
 
 
-def load_encoder(path: str, step: int | None = None):
-    """Pretrained encoder from a workdir or export directory (see simclr_jax.export)."""
+def load_encoder(path: str, step: int | None = None, encoder: str | None = None):
+    """Pretrained encoder from a workdir, an export directory or a weights file (see
+    simclr_jax.export); `encoder` picks another encoder inside a weights file."""
     from simclr_jax.export import load_encoder as _load
-    return _load(path, step)
+    return _load(path, step, encoder)

@@ -110,15 +110,16 @@ def _method_encoder(config: dict):
     return spec.backbone, spec
 
 
-def load_encoder(path: str, step: int | None = None) -> Encoder:
+def load_encoder(path: str, step: int | None = None, encoder: str | None = None) -> Encoder:
     """Encoder from a pretraining workdir (config.json + checkpoints/), an export directory, or
-    a weights file (torchvision / timm names, the released MoCo, SimSiam, SwAV, DINO
-    checkpoints: simclr_jax.weights.released)."""
+    a weights file (torchvision / timm names, the released MoCo, SimSiam, SwAV, DINO, BYOL and
+    SimCLR checkpoints: simclr_jax.weights.released). `encoder` picks another encoder inside a
+    weights file ("student", "module.momentum_encoder.", "ema_model/")."""
     from simclr_jax.methods.legacy import migrate_config
+    from simclr_jax.weights import released
     root = as_path(path)
-    if root.is_file():   # a released checkpoint or a --format torchvision/timm export
-        from simclr_jax.weights import released
-        w = released.import_file(path)
+    if released.is_weights_path(path):   # a released checkpoint or a torchvision/timm export
+        w = released.import_file(path, encoder=encoder)
         return _encoder_from(build_backbone(ml_collections.ConfigDict(w.model_config)),
                              w.model_config, w.image_size, w.normalize, w.params, w.batch_stats)
     if (root / ENCODER_CONFIG).exists():
@@ -130,6 +131,9 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
                       {"model": meta["model"]})["model"])))
         return _encoder_from(module, meta["model"], meta["image_size"], meta["normalize"],
                              arrays["params"], arrays.get("batch_stats", {}), pre)  # ViT: none
+    if encoder:
+        raise UserError(f"--encoder {encoder!r} picks an encoder inside a weights file; {path} is "
+                        f"a workdir or export directory (its method's encoder is used)")
     workdir = root.parent if root.name == "checkpoints" else root
     if not (workdir / "config.json").exists():
         raise UserError(f"{path} is neither a pretraining workdir (no config.json) nor an export "
@@ -143,12 +147,13 @@ def load_encoder(path: str, step: int | None = None) -> Encoder:
                          variables["batch_stats"].get("backbone", {}), config)
 
 
-def export_encoder(workdir: str, out_dir: str, step: int | None = None) -> str:
+def export_encoder(workdir: str, out_dir: str, step: int | None = None,
+                   encoder: str | None = None) -> str:
     """Write the backbone alone (arrays + encoder_config.json) to out_dir.
 
     Multi-process: every process restores and takes part in the (orbax) save; process 0 alone
     writes the arrays' files and encoder_config.json."""
-    enc = load_encoder(workdir, step)
+    enc = load_encoder(workdir, step, encoder)
     out = as_path(out_dir)
     if jax.process_index() == 0:   # one process writes; the arrays are the same everywhere
         out.mkdir(parents=True, exist_ok=True)
@@ -188,6 +193,10 @@ def main(argv=None):
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--encoder", default=None,
+                   help="another encoder inside a weights file than the one its reference "
+                        "evaluates: student (DINO), module.momentum_encoder. (MoCo v3), "
+                        "ema_model/ (SimCLR v2 TF1)")
     p.add_argument("--format", default="native",
                    choices=("native", "torchvision", "timm", "detectron2"),
                    help="native: an orbax directory for load_encoder (default); torchvision / "
@@ -205,10 +214,10 @@ def main(argv=None):
             a.coordinator_address, a.num_processes, a.process_id))
         _check_out(a.out, is_file=a.format != "native")
         if a.format == "native":
-            out, notes = export_encoder(a.workdir, a.out, a.step), []
+            out, notes = export_encoder(a.workdir, a.out, a.step, a.encoder), []
         else:
             from simclr_jax.weights import formats
-            enc = load_encoder(a.workdir, a.step)
+            enc = load_encoder(a.workdir, a.step, a.encoder)
             out = a.out
             if jax.process_index() == 0:
                 notes = formats.export(enc.model_config, enc.variables, enc.image_size,

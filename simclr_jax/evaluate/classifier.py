@@ -191,15 +191,19 @@ def _read_json(workdir: str, name: str, what: str) -> dict:
     return json.loads(path.read_text())
 
 
-def load_pretraining(workdir: str, step: Optional[int] = None):
+def load_pretraining(workdir: str, step: Optional[int] = None, encoder: Optional[str] = None):
     """(pretraining config as a ConfigDict, checkpoint arrays) of a pretraining workdir, or of a
-    weights file (simclr_jax.weights.released: its backbone in the default pretraining config)."""
+    weights file (simclr_jax.weights.released: its backbone in the default pretraining config;
+    `encoder` picks another encoder in the file, e.g. "student", "ema_model/")."""
     if not workdir:
         raise UserError("set --config.init_from=<pretraining workdir> (the --workdir of a "
                          "pretraining run).")
-    if as_path(workdir).is_file():   # a released checkpoint / exported weights file
-        from simclr_jax.weights import released
-        return released.as_pretraining(workdir)
+    from simclr_jax.weights import released
+    if released.is_weights_path(workdir):   # a released checkpoint / exported weights file
+        return released.as_pretraining(workdir, encoder=encoder)
+    if encoder:
+        raise UserError(f"--config.init_encoder={encoder!r} picks an encoder inside a weights "
+                        f"file; {workdir!r} is a workdir (its method's encoder is used)")
     from simclr_jax.methods.legacy import migrate_config
     config = ml_collections.ConfigDict(migrate_config(_read_json(
         workdir, "config.json", "pass the --workdir of a pretraining run as --config.init_from.")))

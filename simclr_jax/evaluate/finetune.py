@@ -78,7 +78,8 @@ def finetune_task(module: clf.Classifier) -> supervised.Task:
 
 def run(config, workdir: str) -> dict:
     """Fine-tune the pretraining run in config.init_from; writes finetune.json + a checkpoint."""
-    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
+    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"),
+                                      config.get("init_encoder"))
     ds = supervised.resolve_dataset(config.dataset, supervised.inherit_from_pretraining(pre))
     mesh = supervised.make_protocol_mesh(config)
     full = sources.get_source(ds.name, ds.train_split, ds.data_dir)

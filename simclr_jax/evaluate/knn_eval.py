@@ -49,7 +49,8 @@ def resolve(config, pre) -> ml_collections.ConfigDict:
 
 def run(config, workdir: str) -> dict:
     """kNN accuracy of the encoder in config.init_from; writes workdir/knn_eval.json."""
-    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
+    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"),
+                                      config.get("init_encoder"))
     resolved = resolve(config, pre)
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(resolved.eval.batch_size, mesh, "eval.batch_size")

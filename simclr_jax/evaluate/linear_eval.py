@@ -43,7 +43,8 @@ def create_state(module: clf.Classifier, variables: dict, tx, rng, mesh):
 
 def run(config, workdir: str) -> dict:
     """Linear evaluation of the pretraining run in config.init_from; writes linear_eval.json."""
-    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"))
+    pre, arrays = clf.load_pretraining(config.init_from, config.get("init_step"),
+                                      config.get("init_encoder"))
     ds = supervised.resolve_dataset(config.dataset, supervised.inherit_from_pretraining(pre))
     mesh = supervised.make_protocol_mesh(config)
     train_source = sources.get_source(ds.name, ds.train_split, ds.data_dir)

@@ -49,6 +49,8 @@ def protocol_config(mode: str, *, keep_model: bool = False) -> ml_collections.Co
     c.mode = mode
     c.init_from = config_dict.placeholder(str)   # pretraining workdir (linear_eval, finetune)
     c.init_step = config_dict.placeholder(int)   # its checkpoint step (None: latest)
+    c.init_encoder = config_dict.placeholder(str)  # another encoder in a weights file: "student",
+    #                                                "module.momentum_encoder.", "ema_model/"
     own = tuple(methods.config_sections())
     for key in PRETRAINING_ONLY + own + (() if keep_model else ("model",)):
         del c[key]
@@ -70,7 +72,8 @@ def knn_config() -> ml_collections.ConfigDict:
     c.mode = "knn_eval"
     c.init_from = config_dict.placeholder(str)
     c.init_step = config_dict.placeholder(int)
-    keep = {"mode", "seed", "dataset", "eval", "init_from", "init_step"}
+    c.init_encoder = config_dict.placeholder(str)
+    keep = {"mode", "seed", "dataset", "eval", "init_from", "init_step", "init_encoder"}
     for key in [k for k in c.keys() if k not in keep]:
         del c[key]
     c.dataset = ml_collections.ConfigDict({

@@ -2,7 +2,8 @@
 
 `import_file(path)` -> `Imported(model_config, image_size, normalize, params, batch_stats,
 format, source)`. The file's container is detected from its content (a zip or pickle that
-torch.load reads, a .safetensors, a plain pickle), then the layout from its keys:
+torch.load reads, a .safetensors, a plain pickle, a TensorFlow checkpoint or SavedModel), then
+the layout from its keys:
 
 | layout (what was read)             | where it is written (the reference's code)                     |
 |------------------------------------|----------------------------------------------------------------|
@@ -24,6 +25,9 @@ torch.load reads, a .safetensors, a plain pickle), then the layout from its keys
 | {"model": ...}                     | detectron2-style pickles of torchvision names (DeiT, ...)      |
 | {"experiment_state": (online_params, ...)} | deepmind-research byol/utils/checkpointing.py (dill     |
 |                                    | pickle of Haiku params): `haiku.py` has the names              |
+| TF1 / TF2 checkpoint, TF2 SavedModel | google-research/simclr (v1 and v2): `tf_checkpoint.py` has |
+| directory (`base_model/`, `ema_model/base_model/`, `model/resnet_model/`) | the layouts; read   |
+|                                    | with TensorFlow                                                |
 
 Our export writes float32; the files' float16/bfloat16 arrays are read as float32. A file that
 is none of these, or a backbone our models cannot hold, is one UserError naming what was found.
@@ -36,7 +40,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from simclr_jax.errors import UserError
-from simclr_jax.weights import files, haiku, timm as timm_w, torchvision as tv
+from simclr_jax.weights import files, haiku, tf_checkpoint, timm as timm_w, torchvision as tv
 from simclr_jax.workdir import as_path
 
 # (prefix, what writes it). Tried in this order; the first whose stem is in the file wins.
@@ -64,7 +68,7 @@ class Imported:
     normalize: str
     params: dict
     batch_stats: dict
-    format: str          # "torchvision_resnet" | "timm_vit" | "haiku_pickle"
+    format: str          # "torchvision_resnet" | "timm_vit" | "haiku_pickle" | "tf_resnet"
     source: str          # which layout was found, e.g. "state_dict/module.encoder_q."
 
 
@@ -148,14 +152,47 @@ def import_state_dict(sd: Dict[str, np.ndarray], prefix: Optional[str] = None,
                     fmt, f"{p or '(no prefix)'} ({who})")
 
 
+def is_weights_path(path: str) -> bool:
+    """A weights file (or a TF checkpoint prefix / SavedModel directory), not a workdir or an
+    export directory."""
+    return as_path(path).is_file() or tf_checkpoint.checkpoint_prefix(path) is not None
+
+
+def split_encoder(obj, encoder: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
+    """`--encoder NAME` -> (container, prefix): NAME is a top-level key of the file ("teacher",
+    "student", "state_dict"), a prefix ("module.momentum_encoder."), or both joined by "/"
+    ("student/module.backbone.")."""
+    if not encoder:
+        return None, None
+    top = obj if isinstance(obj, dict) else {}
+    if encoder in top:
+        return encoder, None
+    head, _, rest = encoder.partition("/")
+    if rest and head in top:
+        return head, rest
+    return None, encoder
+
+
 def import_file(path: str, container: Optional[str] = None, prefix: Optional[str] = None,
-                num_heads: Optional[int] = None) -> Imported:
+                num_heads: Optional[int] = None, encoder: Optional[str] = None) -> Imported:
     """Our backbone from a released checkpoint (see the module docstring for the layouts).
 
-    `container` ("state_dict", "teacher", "student", ...) and `prefix` ("module.momentum_encoder."
-    ...) pick another encoder than the default one; `num_heads` states a ViT's head count (a
-    state dict does not say it; default: our variant's, MoCo v3's 12)."""
+    `encoder` picks another encoder than the default one (`split_encoder`; for SimCLR's TF1
+    checkpoints "ema_model/"), as do `container` ("state_dict", "teacher", "student", ...) and
+    `prefix` ("module.momentum_encoder." ...); `num_heads` states a ViT's head count (a state
+    dict does not say it; default: our variant's, MoCo v3's 12)."""
+    tf_prefix = tf_checkpoint.checkpoint_prefix(path)
+    if tf_prefix is not None:           # SimCLR's TF1 / TF2 checkpoints and SavedModels
+        try:
+            cfg, variables, size, norm, source = tf_checkpoint.import_checkpoint(
+                tf_prefix, encoder)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        return Imported(cfg, size, norm, variables["params"], variables["batch_stats"],
+                        "tf_resnet", source)
     obj = read(path)
+    if encoder:
+        container, prefix = split_encoder(obj, encoder)
     found = haiku.find_params(obj) if container is None and prefix is None else None
     if found is not None:                   # BYOL's Haiku checkpoint
         try:
@@ -186,14 +223,15 @@ def _describe(obj) -> str:
     return f"a {type(obj).__name__}"
 
 
-def as_pretraining(path: str, imported: Optional[Imported] = None):
+def as_pretraining(path: str, imported: Optional[Imported] = None,
+                   encoder: Optional[str] = None):
     """(pretraining config, checkpoint arrays) as `evaluate.classifier.load_pretraining` returns
     them for a workdir, for a weights file: the default pretraining config with the file's
     backbone, ImageNet as its dataset (override --config.dataset.*) and its normalisation."""
     import ml_collections
 
     from simclr_jax.config_base import base_config
-    w = imported or import_file(path)
+    w = imported or import_file(path, encoder=encoder)
     c = base_config()
     model = c.model.to_dict()
     model.update(w.model_config)
