@@ -29,8 +29,8 @@ PRESETS = ("imagenet", "cifar10")
 @with_presets(PRESETS, default="cifar10")
 def get_config(arg):
     c = protocol_config("distill", keep_model=True)
-    del c.init_from
-    del c.init_step
+    # init_from / init_step / init_encoder (base_config): the student's backbone starts from
+    # these weights (a weights file or a pretraining workdir) instead of from scratch
     c.teacher_from = config_dict.placeholder(str)   # a finetune (or linear_eval) workdir
     c.teacher_step = config_dict.placeholder(int)
     c.distill = ml_collections.ConfigDict()

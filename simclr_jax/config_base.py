@@ -19,6 +19,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = config_dict.placeholder(str)   # a file in simclr_jax/methods/ (its config file
                                               # sets it: configs/<method>.py)
     c.seed = 0
+    # Start from these weights instead of a random init (pretraining: the online backbone,
+    # init_weights.py; evaluation protocols: the encoder evaluated): a weights file
+    # (simclr_jax.weights.released) or a pretraining workdir, its step, and another encoder
+    # inside the file than the one its reference evaluates ("student", "ema_model/", ...).
+    c.init_from = config_dict.placeholder(str)
+    c.init_step = config_dict.placeholder(int)
+    c.init_encoder = config_dict.placeholder(str)
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "digits"              # "digits" | TFDS name | "folder:/path" | "npz:/path"

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simclr_jax import checkpoint, optim, parallel, preemption, reporting
+from simclr_jax import checkpoint, init_weights, optim, parallel, preemption, reporting
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import check_splits, validate_config
 from simclr_jax.data import augment_jax, device_dataset, normalization, sources
@@ -76,15 +76,19 @@ def make_optimizer(config, method, lr_schedule, ctx: Context):
 # ----------------------------------------------------------------------------- state
 
 def _init_fn(config, network, tx, method, ctx: Context, rng):
-    """A function () -> TrainState: initialise parameters and the method's state from rng."""
+    """A function (backbone=None) -> TrainState: initialise parameters and the method's state
+    from rng; a given backbone (init_weights: config.init_from) replaces the online one before
+    the method's state is made from the parameters."""
     init_rng, extras_rng, state_rng = jax.random.split(rng, 3)
     # The init batch must divide into BN groups; 2 * group (or 2) examples suffice.
     group = config.model.get("bn_group_size") or 1
     size = config.dataset.image_size
     dummy = jnp.zeros((2 * group, size, size, 3), jnp.float32)
 
-    def init():
+    def init(backbone=None):
         variables = network.init({"params": init_rng}, dummy, train=True)
+        if backbone is not None:
+            variables = init_weights.graft_backbone(variables, backbone)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
         method_state = method.init_state(config, network, variables, extras_rng, ctx)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -109,10 +113,13 @@ def state_sharding(config, network, tx, method, ctx: Context, mesh):
     return shardings.replace(method_state=method_sharding)
 
 
-def create_train_state(config, network, tx, method, mesh, rng, ctx: Context) -> TrainState:
-    """Initialise parameters on the mesh. A pure function of config.seed."""
+def create_train_state(config, network, tx, method, mesh, rng, ctx: Context,
+                       backbone=None) -> TrainState:
+    """Initialise parameters on the mesh. A pure function of config.seed (and of `backbone`,
+    the loaded config.init_from, passed as an argument rather than baked into the program)."""
     init = _init_fn(config, network, tx, method, ctx, rng)
-    return jax.jit(init, out_shardings=state_sharding(config, network, tx, method, ctx, mesh))()
+    return jax.jit(init, out_shardings=state_sharding(config, network, tx, method, ctx, mesh))(
+        backbone)
 
 
 # ----------------------------------------------------------------------------- step
@@ -312,7 +319,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     network = method.build_network(config, num_classes)
     tx = make_optimizer(config, method, lr_schedule, ctx)
     init_rng = jax.random.PRNGKey(config.seed)
-    state = create_train_state(config, network, tx, method, mesh, init_rng, ctx)
+    # config.init_from is read when the run starts, not when it resumes (the checkpoint has it)
+    backbone = (init_weights.load_initial_backbone(config) if manager.latest_step() is None
+                else None)
+    state = create_train_state(config, network, tx, method, mesh, init_rng, ctx, backbone)
 
     restored = checkpoint.restore_latest(manager, state)
     if restored is not None:
@@ -425,7 +435,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     elif final_step == total_steps:
         workdir_lib.record_metrics(workdir, "trained", {**summary, "step": final_step})
     if final_step == total_steps and evaluator and config.eval.get("knn_at_init", True):
-        init_state = create_train_state(config, network, tx, method, mesh, init_rng, ctx)
+        if config.get("init_from") and backbone is None:   # resumed: read it for the baseline
+            backbone = init_weights.load_initial_backbone(config)
+        init_state = create_train_state(config, network, tx, method, mesh, init_rng, ctx,
+                                        backbone)
         init_metrics = {f"{k}_init": v for k, v in
                         score_knn(evaluator, method, config, init_state).items()}
         writer.write_scalars(final_step, init_metrics)

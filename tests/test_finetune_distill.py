@@ -193,3 +193,22 @@ def test_student_agreement_rises_and_teacher_is_untouched(finetuned, tmp_path):
     for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(teacher_vars)):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     assert results["agreement"] == saved["agreement"]
+
+
+def test_distillation_student_can_start_from_a_pretrained_backbone(pretrained, finetuned,
+                                                                   tmp_path):
+    """`--config.init_from` for distill: the student's backbone starts as the pretraining
+    checkpoint's online backbone (one step at learning rate 0 keeps it), its head fresh."""
+    config = small(load_config("distill.py", "cifar10"), steps=1, lr=0.0)
+    config.unlock()
+    config.teacher_from, config.init_from = finetuned[0], pretrained
+    distill.run(config, str(tmp_path))
+    student = checkpoint.restore_arrays(str(tmp_path))["params"]
+    source = checkpoint.restore_arrays(pretrained)["params"]["backbone"]
+    leaves = jax.tree_util.tree_leaves_with_path(source)
+    assert leaves and jax.tree.structure(student["backbone"]) == jax.tree.structure(source)
+    for path, leaf in leaves:
+        got = student["backbone"]
+        for k in path:
+            got = got[k.key]
+        np.testing.assert_array_equal(got, leaf, err_msg=jax.tree_util.keystr(path))

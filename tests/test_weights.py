@@ -510,6 +510,44 @@ def test_released_resnet_formats_load_the_encoder_the_reference_evaluates(tmp_pa
                                                    "batch_stats": w.batch_stats}, x), theirs) > 1e-2
 
 
+def test_a_non_default_encoder_is_chosen_by_name_in_every_entry_point(tmp_path, capsys):
+    """`encoder=` / `--encoder` / `--config.init_encoder`: DINO's student (a top-level key) and
+    MoCo v3's momentum encoder (a prefix) instead of the encoder the reference evaluates; the
+    same name on a workdir, or a name the file lacks, is one line."""
+    import simclr_jax
+    from simclr_jax.errors import UserError
+    from simclr_jax.evaluate import classifier
+    model = torchvision_resnet(18)
+    randomize_torch(model, seed=30)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}   # not views of the model's
+    dino_file(tmp_path / "dino.pth", sd)
+    moco_v3_file(tmp_path / "moco_v3.pth.tar", sd)
+    x = images(64, seed=31)
+    students = {f"module.backbone.{k}": v for k, v in _perturbed(sd, 11).items()}
+    model.load_state_dict({k[len("module.backbone."):]: v for k, v in students.items()})
+    student = torch_features(model, x)
+    model.load_state_dict({k: v for k, v in _perturbed(sd, 5).items()})
+    momentum = torch_features(model, x)
+    assert rel_diff(simclr_jax.load_encoder(str(tmp_path / "dino.pth"), encoder="student")
+                    .apply(x), student) <= RTOL
+    pre, arrays = classifier.load_pretraining(str(tmp_path / "moco_v3.pth.tar"), None,
+                                              "module.momentum_encoder.")
+    assert rel_diff(our_features(pre.model.to_dict(), {"params": arrays["params"]["backbone"],
+                                                        "batch_stats": arrays["batch_stats"]
+                                                        ["backbone"]}, x), momentum) <= RTOL
+    rc, out, err = export_cli(capsys, "--workdir", str(tmp_path / "dino.pth"), "--encoder",
+                              "student/module.backbone.", "--format", "torchvision", "--out",
+                              str(tmp_path / "student.pth"))
+    assert rc == 0, err
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in
+                           files.load_pth(str(tmp_path / "student.pth")).items()}, strict=False)
+    assert rel_diff(torch_features(model, x), student) <= RTOL
+    with pytest.raises(UserError, match="no ResNet .* backbone under any known prefix"):
+        simclr_jax.load_encoder(str(tmp_path / "dino.pth"), encoder="module.ema.")
+    with pytest.raises(UserError, match="picks an encoder inside a weights file"):
+        classifier.load_pretraining(str(tmp_path), None, "student")
+
+
 def test_vit_moco_v3_format_loads_the_base_encoder(tmp_path):
     import simclr_jax
     model = timm_vit(32)
@@ -706,3 +744,86 @@ def test_dino_vit_learned_position_embedding_six_heads_teacher(tmp_path):
     back = timm_w.to_torch(cfg, encoder.variables, 32)
     np.testing.assert_array_equal(back["pos_embed"], sd["pos_embed"].numpy())
     assert "num_heads=6" in timm_w.timm_notes(cfg, 32)[0]
+
+
+# ----------------------------------------------------------------------------- pretraining init
+
+def torchvision_names_resnet10(width_channels=8, seed=0):
+    """A state dict in torchvision's names and layouts (conv [out, in, kh, kw]; BN weight, bias,
+    running_mean, running_var, num_batches_tracked) for ResNet(BasicBlock, [1, 1, 1, 1]) at
+    `width_channels` stem channels with MoCo's CIFAR conv1 (3x3) and no fc."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+
+    def conv(name, cout, cin, k):
+        sd[f"{name}.weight"] = (rng.normal(size=(cout, cin, k, k)) / np.sqrt(cin * k * k)
+                                ).astype(np.float32)
+
+    def bn(name, c):
+        sd[f"{name}.weight"] = (0.6 + 0.8 * rng.random(c)).astype(np.float32)
+        sd[f"{name}.bias"] = (0.2 * rng.normal(size=c)).astype(np.float32)
+        sd[f"{name}.running_mean"] = (0.2 * rng.normal(size=c)).astype(np.float32)
+        sd[f"{name}.running_var"] = (0.6 + 0.8 * rng.random(c)).astype(np.float32)
+        sd[f"{name}.num_batches_tracked"] = np.array(7, np.int64)
+
+    c = width_channels
+    conv("conv1", c, 3, 3)
+    bn("bn1", c)
+    cin = c
+    for s in range(1, 5):
+        cout = c * 2 ** (s - 1)
+        conv(f"layer{s}.0.conv1", cout, cin, 3)
+        bn(f"layer{s}.0.bn1", cout)
+        conv(f"layer{s}.0.conv2", cout, cout, 3)
+        bn(f"layer{s}.0.bn2", cout)
+        if s > 1:
+            conv(f"layer{s}.0.downsample.0", cout, cin, 1)
+            bn(f"layer{s}.0.downsample.1", cout)
+        cin = cout
+    return sd
+
+
+def test_pretraining_starts_from_a_weights_file_online_and_target(tmp_path):
+    """`--config.init_from=FILE` for pretraining: BYOL's online backbone and its EMA target
+    start as the file's network (checked against the file's torchvision arrays, transposed here:
+    conv [out, in, kh, kw] -> [kh, kw, in, out]); the projector and predictor start fresh. The
+    run is one step at learning rate 0, so the checkpoint holds the starting parameters (the
+    target after one EMA update of equal trees, so up to rounding). A
+    config whose network differs from the file's is refused in one line naming the fix."""
+    from simclr_jax import checkpoint, train
+    from simclr_jax.errors import UserError
+    from tiny_configs import tiny
+    sd = torchvision_names_resnet10()
+    files.save_pth(str(tmp_path / "r10.pth"), sd)
+    config = tiny("byol.py", steps=1)
+    config.unlock()
+    config.init_from = str(tmp_path / "r10.pth")
+    config.optimizer.base_lr = 0.0
+    config.checkpoint_every_steps = 1
+    assert config.model.depth == 10 and config.model.width == 0.125
+    config.model.width = 0.25
+    with pytest.raises(UserError, match=r"holds another network than config\.model "
+                                        r"\(width=0\.25\).*--config\.model\.width=0\.125$"):
+        train.train_and_evaluate(config, str(tmp_path / "refused"))
+    config.model.width = 0.125
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    arrays = checkpoint.restore_arrays(str(tmp_path / "run"))
+    expected = {("stem_conv", "kernel"): sd["conv1.weight"].transpose(2, 3, 1, 0),
+                ("stage3_block1", "conv2", "kernel"): sd["layer3.0.conv2.weight"].transpose(
+                    2, 3, 1, 0),
+                ("stage4_block1", "shortcut", "conv", "kernel"):
+                sd["layer4.0.downsample.0.weight"].transpose(2, 3, 1, 0),
+                ("stage2_block1", "bn1", "scale"): sd["layer2.0.bn1.weight"],
+                ("stage4_block1", "bn2", "bias"): sd["layer4.0.bn2.bias"]}
+    online = arrays["params"]["backbone"]
+    target = arrays["method_state"]["target_params"]["backbone"]
+    for path, value in expected.items():
+        leaves = []
+        for tree in (online, target):
+            leaf = tree
+            for k in path:
+                leaf = leaf[k]
+            leaves.append(leaf)
+        np.testing.assert_array_equal(leaves[0], value, err_msg=str(path))
+        # the target has had one EMA update m * x + (1 - m) * x: x up to rounding
+        np.testing.assert_allclose(leaves[1], value, rtol=1e-6, atol=0, err_msg=str(path))

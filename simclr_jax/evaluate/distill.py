@@ -4,7 +4,8 @@
         --config.teacher_from=runs/ft10pct --workdir runs/distilled
 
 The student (config.model: the same or a smaller backbone, plus a linear head) trains from
-scratch on the train split, labels not needed, minimising
+scratch (or from the backbone in config.init_from: init_weights.py) on the train split, labels
+not needed, minimising
     alpha * tau^2 * CE(softmax(teacher / tau), student / tau) + (1 - alpha) * CE(labels, student)
 (the tau^2 of the SimCLRv2 distillation colab; SimCLRv2's notation: alpha = 1 is pure
 distillation, the paper's default; the labelled term uses the labels present in the batch,
@@ -20,7 +21,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
-from simclr_jax import losses
+from simclr_jax import init_weights, losses
 from simclr_jax.data import sources
 from simclr_jax.evaluate import classifier as clf
 from simclr_jax.evaluate import supervised
@@ -97,6 +98,9 @@ def run(config, workdir: str) -> dict:
     student = clf.build(meta)
     rng = jax.random.PRNGKey(config.seed)
     variables = init_student(student, rng, ds.image_size, config.model.get("bn_group_size"))
+    backbone = init_weights.load_initial_backbone(config)     # None: from scratch
+    if backbone is not None:
+        variables = init_weights.graft_backbone(jax.device_get(variables), backbone)
     total_steps, schedule, tx = supervised.protocol_optimizer(config, train_source.num_examples)
     state = supervised.create_state(variables["params"], variables.get("batch_stats", {}),
                                     {"teacher": teacher_vars}, tx, jax.random.fold_in(rng, 1),

@@ -47,10 +47,8 @@ def protocol_config(mode: str, *, keep_model: bool = False) -> ml_collections.Co
     """Base of linear_eval / finetune / distill configs (supervised training on a classifier)."""
     c = base_config()
     c.mode = mode
-    c.init_from = config_dict.placeholder(str)   # pretraining workdir (linear_eval, finetune)
-    c.init_step = config_dict.placeholder(int)   # its checkpoint step (None: latest)
-    c.init_encoder = config_dict.placeholder(str)  # another encoder in a weights file: "student",
-    #                                                "module.momentum_encoder.", "ema_model/"
+    # init_from / init_step / init_encoder (base_config): the pretraining workdir or weights
+    # file whose encoder is evaluated (linear_eval, finetune)
     own = tuple(methods.config_sections())
     for key in PRETRAINING_ONLY + own + (() if keep_model else ("model",)):
         del c[key]
@@ -70,9 +68,6 @@ def knn_config() -> ml_collections.ConfigDict:
     """Base of the standalone kNN config: no training at all."""
     c = base_config()
     c.mode = "knn_eval"
-    c.init_from = config_dict.placeholder(str)
-    c.init_step = config_dict.placeholder(int)
-    c.init_encoder = config_dict.placeholder(str)
     keep = {"mode", "seed", "dataset", "eval", "init_from", "init_step", "init_encoder"}
     for key in [k for k in c.keys() if k not in keep]:
         del c[key]
