@@ -17,7 +17,8 @@ from simclr_jax.errors import UserError
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 LR_SCALINGS = ("linear", "sqrt", "none")
-LR_SCHEDULES = ("cosine", "step", "constant", "cosine_per_epoch", "cosine_per_epoch_from_1")
+LR_SCHEDULES = ("cosine", "step", "constant", "cosine_per_epoch", "cosine_per_epoch_from_1",
+                "linspace_warmup_cosine")
 EMA_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 LARS_LR_ORDERS = ("before_momentum", "after_momentum")
@@ -157,11 +158,31 @@ def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch:
     return schedule
 
 
+def linspace_warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                                    warmup_start: float = 0.0, final: float = 0.0) -> Schedule:
+    """The numpy schedules that index an array by iteration: warmup = np.linspace(warmup_start,
+    peak, w) (the peak reached AT step w - 1), then final + (peak - final) * (1 + cos(pi t /
+    (T - w))) / 2 for t = step - w; `final` after step T."""
+    _check_lengths(total_steps, warmup_steps)
+    decay = total_steps - warmup_steps
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        ramp = warmup_start + (peak_lr - warmup_start) * t / max(warmup_steps - 1, 1)
+        c = jnp.minimum(t - warmup_steps, decay) / decay
+        cosine = final + 0.5 * (peak_lr - final) * (1.0 + jnp.cos(jnp.pi * c))
+        return jnp.where(t < warmup_steps, ramp, cosine)
+
+    return schedule
+
+
 def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
                      boundaries: Sequence[float] = (), steps_per_epoch: int | None = None,
-                     factor: float = 0.1, factors: Sequence[float] = ()) -> Schedule:
+                     factor: float = 0.1, factors: Sequence[float] = (),
+                     warmup_start: float = 0.0, final: float = 0.0) -> Schedule:
     """Schedule by name: "cosine" | "step" | "constant" | "cosine_per_epoch" (MoCo) |
-    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab).
+    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab) | "linspace_warmup_cosine" (from
+    `warmup_start` to `final`, absolute LRs).
 
     For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
     step), otherwise absolute steps; `factors` (one per boundary) replace x`factor` at each.
@@ -171,6 +192,9 @@ def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_step
     if name in ("cosine_per_epoch", "cosine_per_epoch_from_1"):
         return cosine_per_epoch_schedule(peak_lr, total_steps, steps_per_epoch, warmup_steps,
                                          first_epoch=int(name.endswith("from_1")))
+    if name == "linspace_warmup_cosine":
+        return linspace_warmup_cosine_schedule(peak_lr, total_steps, warmup_steps, warmup_start,
+                                               final)
     if name == "constant":
         _check_lengths(total_steps, warmup_steps)
         return constant_schedule(peak_lr, warmup_steps)
