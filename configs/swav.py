@@ -83,7 +83,7 @@ def get_config(arg):
     c.dataset.knn_train_split, c.dataset.knn_test_split = "train[:10%]", "validation"
     c.model.depth, c.model.stem = 50, "imagenet"
     c.optimizer.lr_scaling, c.optimizer.trust_coefficient = "none", 1e-3
-    c.optimizer.lars_lr = "after_momentum"          # torch SGD under LARC: LR after momentum
+    c.optimizer.name = "larc"                       # apex LARC(clip=False) around torch SGD
     c.eval.every_steps = 5000
     c.checkpoint_every_steps = 2000
     c.aug = multi_crop([crop(0.14, 1.0)] * 2 + [crop(0.05, 0.14, image_size=96)] * 6)
