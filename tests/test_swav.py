@@ -209,10 +209,6 @@ def test_one_backbone_pass_per_resolution_and_one_projector_pass():
                 for g in groups]
     np.testing.assert_allclose(np.asarray(out["features"]), np.concatenate(features),
                                rtol=1e-5, atol=1e-6)
-    one_pass = network.apply(v, jnp.concatenate([groups[0], jax.image.resize(
-        groups[1], (6, 16, 16, 3), "nearest")]), train=True, mutable=["batch_stats"])[0]
-    assert not np.allclose(np.asarray(one_pass["features"][:4]), np.asarray(features[0]),
-                           atol=1e-4)                                  # BN stats do differ
     np.testing.assert_allclose(np.linalg.norm(np.asarray(out["proj"]), axis=1), 1.0, rtol=1e-5)
 
 
