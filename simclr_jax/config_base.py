@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.warmup_epochs = 10.0
     c.lr_schedule = "cosine"               # "cosine" | "step" | "constant" | "cosine_per_epoch"
                                            # | "cosine_per_epoch_from_1" (optim.make_lr_schedule)
+                                           # | "linspace_warmup_cosine" (uses the two below)
+    c.lr_warmup_start = 0.0                # linspace_warmup_cosine: LR at step 0 (absolute)
+    c.lr_final = 0.0                       # linspace_warmup_cosine: LR at the end (absolute)
     c.lr_boundaries_epochs = ()            # for "step": epochs where the LR is multiplied by 0.1
     c.lr_boundary_factors = ()             # for "step", optional: LR = peak x factors[i] from
                                            # boundary i on (one per boundary, not cumulative)

@@ -183,3 +183,45 @@ def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int = 1) -> jnp.nd
     k = min(int(k), logits.shape[-1])
     _, top = jax.lax.top_k(logits.astype(jnp.float32), k)               # [N, k]
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def sinkhorn(scores: jnp.ndarray, epsilon: float, num_iters: int,
+             valid: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Equipartitioned soft assignments of N examples to K clusters (Sinkhorn-Knopp), no grad.
+
+    scores [N, K] over the GLOBAL batch (and any queued examples): the sums below are global
+    sums under jit, as the reference's all_reduce. Q = exp(scores / eps)^T scaled to sum 1, then
+    `num_iters` times: rows (clusters) to 1/K each, columns (examples) to 1/N each; the result is
+    Q * N transposed, each example's row a distribution over clusters [N, K].
+    valid [N] bool (optional): examples that take part; the others get all-zero rows and count
+    neither in N nor in any sum (a queue that is not in use yet).
+    """
+    scores = jax.lax.stop_gradient(scores).astype(jnp.float32)             # [N, K]
+    q = jnp.exp(scores / epsilon).T                                        # [K, N]
+    n = scores.shape[0]
+    if valid is not None:
+        q = jnp.where(valid[None, :], q, 0.0)
+        n = jnp.sum(valid.astype(jnp.float32))
+    k = scores.shape[1]
+    q = q / jnp.sum(q)
+    for _ in range(num_iters):
+        q = q / jnp.sum(q, axis=1, keepdims=True) / k                      # rows: 1/K each
+        col = jnp.sum(q, axis=0, keepdims=True)                            # [1, N]
+        q = q / jnp.where(col > 0, col, 1.0) / n                           # columns: 1/N each
+    return (q * n).T                                                       # [N, K]
+
+
+def swapped_prediction(scores: jnp.ndarray, codes: jnp.ndarray, code_views, temperature: float):
+    """Each view predicts the codes of every other view: scores [V, B, K] (logits of every
+    view), codes [A, B, K] (targets, computed from views `code_views[a]`). For each coded view,
+    the mean over the other V - 1 views of -mean_b sum_k codes * log_softmax(scores / T), then
+    the mean over the A coded views (the reference's loop)."""
+    logp = jax.nn.log_softmax(scores.astype(jnp.float32) / temperature, axis=-1)  # [V, B, K]
+    codes = jax.lax.stop_gradient(codes).astype(jnp.float32)
+    num_views = scores.shape[0]
+    loss = 0.0
+    for a, v_code in enumerate(code_views):
+        ce = -jnp.mean(jnp.sum(codes[a][None] * logp, axis=-1), axis=-1)   # [V]: per predictor
+        others = jnp.arange(num_views) != v_code
+        loss = loss + jnp.sum(jnp.where(others, ce, 0.0)) / (num_views - 1)
+    return loss / len(code_views)

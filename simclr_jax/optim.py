@@ -17,9 +17,10 @@ from simclr_jax.errors import UserError
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 LR_SCALINGS = ("linear", "sqrt", "none")
-LR_SCHEDULES = ("cosine", "step", "constant", "cosine_per_epoch", "cosine_per_epoch_from_1")
+LR_SCHEDULES = ("cosine", "step", "constant", "cosine_per_epoch", "cosine_per_epoch_from_1",
+                "linspace_warmup_cosine")
 EMA_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("lars", "sgd", "adamw")
+OPTIMIZERS = ("lars", "sgd", "adamw", "larc")
 LARS_LR_ORDERS = ("before_momentum", "after_momentum")
 
 
@@ -157,11 +158,31 @@ def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch:
     return schedule
 
 
+def linspace_warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
+                                    warmup_start: float = 0.0, final: float = 0.0) -> Schedule:
+    """The numpy schedules that index an array by iteration: warmup = np.linspace(warmup_start,
+    peak, w) (the peak reached AT step w - 1), then final + (peak - final) * (1 + cos(pi t /
+    (T - w))) / 2 for t = step - w; `final` after step T."""
+    _check_lengths(total_steps, warmup_steps)
+    decay = total_steps - warmup_steps
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        ramp = warmup_start + (peak_lr - warmup_start) * t / max(warmup_steps - 1, 1)
+        c = jnp.minimum(t - warmup_steps, decay) / decay
+        cosine = final + 0.5 * (peak_lr - final) * (1.0 + jnp.cos(jnp.pi * c))
+        return jnp.where(t < warmup_steps, ramp, cosine)
+
+    return schedule
+
+
 def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: int = 0,
                      boundaries: Sequence[float] = (), steps_per_epoch: int | None = None,
-                     factor: float = 0.1, factors: Sequence[float] = ()) -> Schedule:
+                     factor: float = 0.1, factors: Sequence[float] = (),
+                     warmup_start: float = 0.0, final: float = 0.0) -> Schedule:
     """Schedule by name: "cosine" | "step" | "constant" | "cosine_per_epoch" (MoCo) |
-    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab).
+    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab) | "linspace_warmup_cosine" (from
+    `warmup_start` to `final`, absolute LRs).
 
     For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
     step), otherwise absolute steps; `factors` (one per boundary) replace x`factor` at each.
@@ -171,6 +192,9 @@ def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_step
     if name in ("cosine_per_epoch", "cosine_per_epoch_from_1"):
         return cosine_per_epoch_schedule(peak_lr, total_steps, steps_per_epoch, warmup_steps,
                                          first_epoch=int(name.endswith("from_1")))
+    if name == "linspace_warmup_cosine":
+        return linspace_warmup_cosine_schedule(peak_lr, total_steps, warmup_steps, warmup_start,
+                                               final)
     if name == "constant":
         _check_lengths(total_steps, warmup_steps)
         return constant_schedule(peak_lr, warmup_steps)
@@ -220,13 +244,14 @@ def _path_names(path) -> tuple:
 
 
 def weight_decay_mask(params, exclude: Sequence[str] = ("probe",),
-                      exclude_paths: Sequence[tuple] = ()):
+                      exclude_paths: Sequence[tuple] = (), min_ndim: int = 2):
     """Pytree of bools: True where weight decay (and LARS' trust ratio) applies.
 
     True for arrays with ndim > 1 (kernels, embeddings) whose path contains no key equal to a
     name in `exclude` (at any level) and starts with none of `exclude_paths` (parameter groups
     declared without weight decay). Biases and BN scale/bias are 1-D, so they are False; the
-    online probe (like SimCLR's supervised head) is excluded by name.
+    online probe (like SimCLR's supervised head) is excluded by name. min_ndim=0 (LARC, which
+    decays and scales every parameter): arrays of any rank.
     """
     excluded = set(exclude)
 
@@ -236,7 +261,7 @@ def weight_decay_mask(params, exclude: Sequence[str] = ("probe",),
             return False
         if any(names[:len(p)] == tuple(p) for p in exclude_paths):
             return False
-        return jnp.ndim(x) > 1
+        return jnp.ndim(x) >= min_ndim
 
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
@@ -272,6 +297,34 @@ def lars(learning_rate, weight_decay: float, mask, *, trust_coefficient: float =
         optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
         optax.trace(decay=momentum, nesterov=nesterov),
         optax.scale_by_learning_rate(learning_rate))
+
+
+def larc(learning_rate, weight_decay: float, mask, *, trust_coefficient: float = 1e-3,
+         momentum: float = 0.9, eps: float = 1e-8) -> optax.GradientTransformation:
+    """apex.parallel.LARC(clip=False) around PyTorch SGD, on the `mask`ed parameters (every
+    parameter of the network, biases and BN included; the probe is not):
+    where ||w|| > 0 and ||g|| > 0: g' = (g + wd * w) * eta * ||w|| / (||g|| + wd * ||w|| + eps),
+    else g' = g (no weight decay either); then SGD's LR-free buffer m = g' + mu * m and
+    update = -lr * m. Unmasked parameters: plain SGD without weight decay."""
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        on = mask(params) if callable(mask) else mask
+
+        def one(g, w, masked):
+            if not masked:
+                return g
+            w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+            ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+            return jnp.where((w_norm > 0) & (g_norm > 0), (g + weight_decay * w) * ratio, g)
+
+        return jax.tree.map(one, updates, params, on), state
+
+    return optax.chain(optax.GradientTransformation(init, update),
+                       optax.trace(decay=momentum),
+                       optax.scale_by_learning_rate(learning_rate))
 
 
 def probe_mask(params):
@@ -311,6 +364,9 @@ def _base_optimizer(opt_cfg, learning_rate, mask) -> optax.GradientTransformatio
         return lars(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
                     momentum=momentum, nesterov=nesterov,
                     lr_order=get("lars_lr", "before_momentum"))
+    if name == "larc":
+        return larc(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
+                    momentum=momentum)
     if name == "sgd":
         decay_mask = None if get("decay_all", True) else mask
         return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
@@ -345,6 +401,7 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier
     "sgd": PyTorch-style SGD: g' = g + wd * w on every parameter (decay_all=True, the MoCo
       reference) or only on masked ones, then an LR-free momentum buffer m = g' + mu * m and
       update = -lr * m (nesterov: -lr * (g' + mu * m)).
+    "larc": see `larc` (SGD under apex LARC, clip=False: every parameter decayed and scaled).
     "adamw": optax.adamw with decoupled weight decay on every parameter (decay_all=True, as
       MoCo v3's ViT reference does with torch AdamW) or on masked parameters only.
     grad_clip_norm (optional): clip the global gradient norm first.
@@ -373,7 +430,8 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier
             raise UserError(f"parameter group {'/'.join(g.path)}: LR multiplier must be >= 0, "
                             f"got {g.lr_multiplier}.")
     no_decay = tuple(g.path for g in groups if not g.weight_decay)
-    mask = lambda p: weight_decay_mask(p, exclude_paths=no_decay)  # noqa: E731
+    min_ndim = 0 if get("name") == "larc" else 2
+    mask = lambda p: weight_decay_mask(p, exclude_paths=no_decay, min_ndim=min_ndim)  # noqa: E731
     own = [g for g in groups if g.fixed_lr or 0 < g.frozen_until_step < FOREVER]
     shared = [g for g in groups if g not in own]
 

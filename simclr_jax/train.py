@@ -47,7 +47,9 @@ def make_schedules(config, num_train_examples: int):
                                       total_steps=total_steps, warmup_steps=warmup_steps,
                                       boundaries=tuple(config.get("lr_boundaries_epochs") or ()),
                                       factors=tuple(config.get("lr_boundary_factors") or ()),
-                                      steps_per_epoch=steps_per_epoch)
+                                      steps_per_epoch=steps_per_epoch,
+                                      warmup_start=config.get("lr_warmup_start", 0.0),
+                                      final=config.get("lr_final", 0.0))
     return total_steps, warmup_steps, schedule
 
 

@@ -36,12 +36,20 @@ def tiny(method_file="quickstart.py", preset=None, **kw):
     return shrink(load_config(method_file, preset), **kw)
 
 
-def random_batch(B, S, seed=0, num_views=2):
+def random_batch(B, S, seed=0, num_views=2, sizes=None):
     """A pretraining batch of uniform noise: [B, S, S, 3] views, labels in [0, 10) and each
-    example's index in a training split of 1000."""
+    example's index in a training split of 1000. sizes: one side per view (multi-crop)."""
     rng = np.random.default_rng(seed)
-    batch = {f"view{v + 1}": rng.uniform(size=(B, S, S, 3)).astype(np.float32)
-             for v in range(num_views)}
+    sizes = sizes or [S] * num_views
+    batch = {f"view{v + 1}": rng.uniform(size=(B, s, s, 3)).astype(np.float32)
+             for v, s in enumerate(sizes)}
     batch["label"] = rng.integers(0, 10, size=(B,)).astype(np.int32)
     batch["index"] = rng.permutation(1000)[:B].astype(np.int32)
     return batch
+
+
+def config_batch(config, B, seed=0):
+    """random_batch with the config's views at their own sizes (multi-crop configs)."""
+    S = config.dataset.image_size
+    sizes = [config.aug[name].get("image_size") or S for name in views_of(config)]
+    return random_batch(B, S, seed=seed, sizes=sizes)
