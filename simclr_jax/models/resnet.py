@@ -32,7 +32,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from simclr_jax.models.norm import BatchNorm
+from simclr_jax.models.norm import BatchNorm, LayerNorm
 from simclr_jax.errors import UserError
 
 # Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the family's small members: cheap
@@ -50,6 +50,7 @@ CONV_INIT = CONV_INITS["fan_in_truncated_normal"]
 SHORTCUTS = ("on_shape_change", "first_block_of_stage")
 POOL_PADDINGS = ("torch", "same")
 CONV_PADDINGS = ("torch", "same")
+NORMS = ("batch", "layer")   # "layer": per-example LayerNorm, no batch_stats (CPC v2)
 SK_MIN_DIM = 32            # SimCLRv2: squeeze width = max(int(filters * sk_ratio), 32)
 
 
@@ -239,6 +240,8 @@ class ResNet(nn.Module):
     float32. `bn_group_size` is passed to every BN (None: global batch statistics).
     `shortcut`, `stem_pool_padding`, `conv_init`, `zero_init_residual`, `conv_padding`: which
     reference's architecture and initialisation (module docstring).
+    `norm`: "batch" (every model above) or "layer" (LayerNorm over each example's H, W, C in
+    place of every BN, scale and bias only: no batch_stats, no statistic across examples).
     """
     depth: int = 50
     width_multiplier: float = 1.0
@@ -253,10 +256,13 @@ class ResNet(nn.Module):
     conv_init: str = "fan_in_truncated_normal"
     zero_init_residual: bool = True
     conv_padding: str = "torch"
+    norm: str = "batch"
 
     def __post_init__(self):
         check_config(self.depth, self.stem, self.width_multiplier, self.sk_ratio, self.shortcut,
                      self.stem_pool_padding, self.conv_init, self.conv_padding)
+        if self.norm not in NORMS:
+            raise UserError(f"ResNet norm must be one of {NORMS}, got {self.norm!r}")
         super().__post_init__()
 
     @property
@@ -266,8 +272,11 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        bn = partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                     group_size=self.bn_group_size)
+        if self.norm == "layer":
+            bn = partial(LayerNorm, epsilon=self.bn_epsilon)
+        else:
+            bn = partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                         group_size=self.bn_group_size)
         kernel_init = CONV_INITS[self.conv_init]
         c = partial(conv, dtype=self.dtype, kernel_init=kernel_init, padding=self.conv_padding)
         ura = not train
