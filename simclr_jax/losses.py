@@ -183,3 +183,22 @@ def topk_correct(logits: jnp.ndarray, labels: jnp.ndarray, k: int = 1) -> jnp.nd
     k = min(int(k), logits.shape[-1])
     _, top = jax.lax.top_k(logits.astype(jnp.float32), k)               # [N, k]
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def grid_prediction_infonce(preds: jnp.ndarray, targets: jnp.ndarray, step: int):
+    """InfoNCE of row-ahead predictions on a grid (CPC): preds[b, r, j] predicts
+    targets[b, r + step, j] for r < H - step; each prediction is scored (dot product) against
+    EVERY target vector of the (global) batch, all images and all positions, its own included,
+    and the true one is the positive (the paper's pseudo-code). preds, targets: [B, H, W, D].
+    Returns (mean cross-entropy over the B (H - step) W predictions, metrics)."""
+    b, h, w, d = targets.shape
+    if not 1 <= step < h:
+        raise ValueError(f"grid_prediction_infonce: step must be in [1, {h - 1}], got {step}")
+    keys = targets.reshape(b * h * w, d)                                  # [BHW, D]
+    queries = preds[:, :h - step].reshape(-1, d)                          # [B(H-k)W, D]
+    logits = jnp.matmul(queries.astype(jnp.float32), keys.astype(jnp.float32).T)
+    bi, ri, ji = jnp.meshgrid(jnp.arange(b), jnp.arange(h - step), jnp.arange(w),
+                              indexing="ij")
+    labels = ((bi * h + ri + step) * w + ji).reshape(-1)                  # [B(H-k)W]
+    loss = jnp.mean(_cross_entropy_rows(logits, labels))
+    return loss, _row_metrics(logits, labels)
