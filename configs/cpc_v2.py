@@ -20,10 +20,10 @@ cifar10 — the paper has no CIFAR recipe: its geometry scaled by 1/8 (a 7 x 7 g
     layer norm, Adam, batch 512, 300 epochs. No published number. One GPU.
     python -m simclr_jax.main --config configs/cpc_v2.py:cifar10 --workdir DIR
 """
+import ml_collections
+
 from simclr_jax.config_base import base_config, with_presets
 from simclr_jax.data import aug_presets
-
-import ml_collections
 
 PRESETS = ("imagenet_r50", "imagenet_r161", "cifar10")
 
