@@ -9,11 +9,11 @@ imagenet_r50 — the paper's ResNet-50 row: ResNet-50 with layer norm in place o
     batch 512. Published ImageNet linear top-1: 63.8 (paper, Table "linear classification";
     ResNet-50). Hardware of the paper: TPUs (the count and time are not stated per model).
     python -m simclr_jax.main --config configs/cpc_v2.py:imagenet_r50 --workdir DIR
-imagenet_r161 — NOT the paper's ResNet-161: that network widens ResNet-101's third stage to
-    46 blocks with 512-wide bottlenecks and 4096-channel outputs, which this library's ResNet
-    (fixed stage widths, 4x expansion) cannot express. This preset trains ResNet-101 with
-    layer norm (the network ResNet-161 is derived from) with the same recipe; it has no
-    published number. The paper's ResNet-161 reaches 71.5 linear top-1 (published).
+imagenet_r161 — the paper's best model: ResNet-161 (the first three stacks of ResNet-101, the
+    third converted to 46 blocks with 512-wide bottlenecks and 4096-channel outputs; 304M
+    parameters, 4096 features) with layer norm, the same recipe. Published ImageNet linear
+    top-1: 71.5. Whether its blocks are pre-activation (ResNet v2, as CPC v1's) is not stated:
+    v1.5 blocks here (FIDELITY.md).
     python -m simclr_jax.main --config configs/cpc_v2.py:imagenet_r161 --workdir DIR
 cifar10 — the paper has no CIFAR recipe: its geometry scaled by 1/8 (a 7 x 7 grid of 8 px
     patches with stride 4 on 32 px images, predictions 1..5 ahead), the CIFAR ResNet-18 with
@@ -53,7 +53,7 @@ def get_config(arg):
     if arg in ("imagenet_r50", "imagenet_r161"):
         c.dataset.name, c.dataset.image_size = "imagenet2012", 256
         c.dataset.knn_train_split, c.dataset.knn_test_split = "train[:10%]", "validation"
-        c.model.depth, c.model.stem = (50 if arg == "imagenet_r50" else 101), "imagenet"
+        c.model.depth, c.model.stem = (50 if arg == "imagenet_r50" else 161), "imagenet"
         c.cpc_v2.patch_size, c.cpc_v2.patch_stride = 64, 32
         c.num_epochs = 200.0
         c.eval.every_steps = 10000

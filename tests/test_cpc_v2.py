@@ -204,7 +204,7 @@ def test_resnet_norm_option_is_checked_and_batch_norm_is_the_default():
 # ----------------------------------------------------------------------------- presets
 
 def test_imagenet_presets_are_the_papers_recipe():
-    for preset, depth in (("imagenet_r50", 50), ("imagenet_r161", 101)):
+    for preset, depth in (("imagenet_r50", 50), ("imagenet_r161", 161)):
         c = load_config("cpc_v2.py", preset)
         s = c.cpc_v2
         assert c.method == "cpc_v2" and (c.model.depth, c.model.norm) == (depth, "layer")
@@ -217,12 +217,26 @@ def test_imagenet_presets_are_the_papers_recipe():
         assert (c.optimizer.name, c.optimizer.base_lr, c.batch_size) == ("adamw", 4e-4, 512)
         assert c.optimizer.weight_decay == 0.0 and c.lr_schedule == "constant"
         assert sorted(c.aug.keys()) == ["on_device", "view1"]           # one view
-    import importlib.util
-    from tiny_configs import ROOT
-    spec = importlib.util.spec_from_file_location("cpc_cfg", f"{ROOT}/configs/cpc_v2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert "NOT the paper's ResNet-161" in module.__doc__                # said, not faked
+
+
+def test_resnet_161_is_the_papers_network():
+    """ResNet-101's first three stacks, the third converted to 46 blocks with 512-wide
+    bottlenecks and 4096-d outputs: (3, 4, 46) blocks, 3 x 53 + 2 = 161 layers, 4096 features;
+    the other depths keep their torchvision parameter counts."""
+    from simclr_jax.models.resnet import num_features
+    v = jax.eval_shape(lambda: ResNet(depth=161, norm="layer").init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=True))["params"]
+    blocks = [k for k in v if k.startswith("stage")]
+    assert len(blocks) == 3 + 4 + 46 and not any(k.startswith("stage4") for k in blocks)
+    assert v["stage3_block46"]["conv2"]["kernel"].shape == (3, 3, 512, 512)
+    assert v["stage3_block46"]["conv3"]["kernel"].shape == (1, 1, 512, 4096)
+    assert v["stage3_block1"]["shortcut"]["conv"]["kernel"].shape == (1, 1, 512, 4096)
+    assert num_features(161) == 4096 and num_features(50) == 2048
+    count = lambda d: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(  # noqa: E731
+        jax.eval_shape(lambda: ResNet(depth=d).init(jax.random.PRNGKey(0),
+                                                    jnp.zeros((1, 32, 32, 3)),
+                                                    train=True))["params"]))
+    assert (count(18), count(50)) == (11_176_512, 23_508_032)
 
 
 def test_cifar10_preset_scales_the_papers_grid_to_32px():
