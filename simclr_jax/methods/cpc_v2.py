@@ -55,7 +55,11 @@ class PatchPredictionNetwork(nn.Module):
                        out_axes=0, axis_size=len(self.directions))
         self.context = nn.vmap(RowCausalContextNetwork, **stacked)(
             self.context_blocks, self.context_width, name="context")
-        self.target_proj = nn.vmap(nn.Dense, **stacked)(self.target_dim, name="target")
+        # No bias on the targets: a bias shifts all logits of a prediction by the same amount,
+        # so the loss cannot depend on it; its gradient is rounding noise that Adam would
+        # turn into lr-sized random steps.
+        self.target_proj = nn.vmap(nn.Dense, **stacked)(self.target_dim, use_bias=False,
+                                                         name="target")
         # W_k for every k side by side: columns [k * T, (k + 1) * T) are W_k (and its bias).
         self.predict = nn.vmap(nn.Dense, **stacked)(self.target_dim * len(self.steps),
                                                      name="predict")
