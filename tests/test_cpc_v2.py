@@ -232,6 +232,8 @@ def test_resnet_161_is_the_papers_network():
     assert v["stage3_block46"]["conv3"]["kernel"].shape == (1, 1, 512, 4096)
     assert v["stage3_block1"]["shortcut"]["conv"]["kernel"].shape == (1, 1, 512, 4096)
     assert num_features(161) == 4096 and num_features(50) == 2048
+    # 303.65M parameters; SimCLR's and BYOL's tables list CPC v2's ResNet-161 at 305M.
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) == 303_651_904
     count = lambda d: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(  # noqa: E731
         jax.eval_shape(lambda: ResNet(depth=d).init(jax.random.PRNGKey(0),
                                                     jnp.zeros((1, 32, 32, 3)),
