@@ -225,3 +225,20 @@ def swapped_prediction(scores: jnp.ndarray, codes: jnp.ndarray, code_views, temp
         others = jnp.arange(num_views) != v_code
         loss = loss + jnp.sum(jnp.where(others, ce, 0.0)) / (num_views - 1)
     return loss / len(code_views)
+def grid_prediction_infonce(preds: jnp.ndarray, targets: jnp.ndarray, step: int):
+    """InfoNCE of row-ahead predictions on a grid (CPC): preds[b, r, j] predicts
+    targets[b, r + step, j] for r < H - step; each prediction is scored (dot product) against
+    EVERY target vector of the (global) batch, all images and all positions, its own included,
+    and the true one is the positive (the paper's pseudo-code). preds, targets: [B, H, W, D].
+    Returns (mean cross-entropy over the B (H - step) W predictions, metrics)."""
+    b, h, w, d = targets.shape
+    if not 1 <= step < h:
+        raise ValueError(f"grid_prediction_infonce: step must be in [1, {h - 1}], got {step}")
+    keys = targets.reshape(b * h * w, d)                                  # [BHW, D]
+    queries = preds[:, :h - step].reshape(-1, d)                          # [B(H-k)W, D]
+    logits = jnp.matmul(queries.astype(jnp.float32), keys.astype(jnp.float32).T)
+    bi, ri, ji = jnp.meshgrid(jnp.arange(b), jnp.arange(h - step), jnp.arange(w),
+                              indexing="ij")
+    labels = ((bi * h + ri + step) * w + ji).reshape(-1)                  # [B(H-k)W]
+    loss = jnp.mean(_cross_entropy_rows(logits, labels))
+    return loss, _row_metrics(logits, labels)

@@ -72,7 +72,10 @@ def test_no_method_name_outside_the_methods_package():
 # (config file, preset, overrides): each method's `,runlocal` preset through the CLI, with the
 # LR raised where the recipe's linear LR scaling at batch 16 leaves it too small to move in 30
 # steps; it must beat the same encoder at initialisation on held-out digits.
-LEARNS = [("simsiam.py", "cifar10", ["--config.optimizer.base_lr=1.0"])]
+# cpc_v2 at its preset LR: kNN 0.588 vs 0.535 at init after 30 steps (2-core CPU under load,
+# 5 min wall; 2026-12-06).
+LEARNS = [("simsiam.py", "cifar10", ["--config.optimizer.base_lr=1.0"]),
+          ("cpc_v2.py", "cifar10", [])]
 
 
 @pytest.mark.parametrize("file,preset,overrides", LEARNS)

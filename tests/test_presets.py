@@ -30,7 +30,10 @@ for file, names in {
         # cifar10_nce = imagenet_r50's loss) compile the same program and are left out here;
         # their values are tested in tests/test_invaspread.py and tests/test_instdisc.py.
         "invaspread.py": ("cifar10",),
-        "instdisc.py": ("imagenet_r50", "imagenet_r50_softmax65536", "cifar10")}.items():
+        "instdisc.py": ("imagenet_r50", "imagenet_r50_softmax65536", "cifar10"),
+        # cpc_v2 cifar10 shrunk differs from imagenet_r50 only in augmentation values (same
+        # program on random batches); its values are tested in tests/test_cpc_v2.py.
+        "cpc_v2.py": ("imagenet_r50", "imagenet_r161")}.items():
     PRESETS += [(file, name) for name in names]
 
 

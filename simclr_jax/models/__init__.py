@@ -39,7 +39,8 @@ def _build_resnet(cfg) -> nn.Module:
                   stem_pool_padding=cfg.get("stem_pool_padding", "torch"),
                   conv_init=cfg.get("conv_init", "fan_in_truncated_normal"),
                   zero_init_residual=bool(cfg.get("zero_init_residual", True)),
-                  conv_padding=cfg.get("conv_padding", "torch"))
+                  conv_padding=cfg.get("conv_padding", "torch"),
+                  norm=cfg.get("norm", "batch"))
 
 
 VIT_VARIANTS = {"small": vit.vit_small, "base": vit.vit_base, "tiny_test": vit.vit_tiny_test}
@@ -86,7 +87,7 @@ def build_backbone(model_cfg) -> nn.Module:
     stop_grad_patch_embed, pos_embed ("sincos" | "learned"), pos_embed_grid, num_heads (None: the variant's); ResNet: depth, width (multiplier), stem ("imagenet" | "cifar"),
     sk_ratio, bn_group_size (missing/None = global BN), dtype (optional compute dtype name),
     shortcut, stem_pool_padding, conv_init, zero_init_residual, conv_padding (which reference's
-    ResNet).
+    ResNet), norm ("batch" when missing | "layer").
     The returned module maps images [B, H, W, 3] to features [B, num_features].
     """
     name = model_cfg.get("name", None)

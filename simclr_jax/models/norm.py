@@ -87,3 +87,37 @@ class BatchNorm(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (features,), self.param_dtype)
         return y.reshape(x.shape).astype(self.dtype or x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Layer normalisation of each example over all its non-batch axes (H, W, C of a feature
+    map), with a per-channel scale and bias: no statistic crosses examples, so no batch_stats.
+
+    It takes BatchNorm's call signature (`use_running_average` is accepted and ignored) so a
+    network can swap one for the other. Why: patch-based methods (CPC v2) must not let BN's
+    batch statistics leak information between the patches of one image.
+    """
+
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+    dtype: Optional[Any] = None           # output dtype; None keeps the input's
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool = False):
+        del use_running_average                                          # no running statistics
+        features = x.shape[-1]
+        x32 = x.astype(jnp.float32)
+        axes = tuple(range(1, x.ndim))                                   # all but the batch axis
+        mean = jnp.mean(x32, axis=axes, keepdims=True)                   # [B, 1, ..., 1]
+        var = jnp.maximum(jnp.mean(jnp.square(x32), axis=axes, keepdims=True)
+                          - jnp.square(mean), 0.0)
+        y = (x32 - mean) * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
+        if self.use_scale:
+            y = y * self.param("scale", self.scale_init, (features,), self.param_dtype)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (features,), self.param_dtype)
+        return y.astype(self.dtype or x.dtype)

@@ -20,6 +20,9 @@ Facts taken from the references (torchvision ResNet, SimCLR's `tf2/resnet.py`):
   (torchvision: ResNet-18 11,176,512, ResNet-50 23,508,032 parameters) or
   "first_block_of_stage" (SimCLR tf2's `use_projection=True` on every stage's first block,
   which adds one to stage 1 of the basic-block nets: ResNet-18 CIFAR stem 11,173,056).
+- ResNet-161 (CPC v2, Henaff et al. 2020): the first three stacks of ResNet-101 with the third
+  converted to 46 blocks of 512-wide bottlenecks and 4096-channel outputs (expansion 8); three
+  stages, 4096 features.
 - sk_ratio > 0 (SimCLRv2): the 3x3 conv of each bottleneck becomes a Selective Kernel conv, the
   ImageNet stem becomes the ResNet-D stem (3x3/2 -> 3x3 -> 3x3, widths 32, 32, 64 x width) and the
   projection shortcut becomes ResNet-D's 2x2 average pool (stride s) -> 1x1 conv -> BN.
@@ -32,17 +35,21 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from simclr_jax.models.norm import BatchNorm
+from simclr_jax.models.norm import BatchNorm, LayerNorm
 from simclr_jax.errors import UserError
 
 # Blocks per stage. 10 (basic) and 14/26 (bottleneck) are the family's small members: cheap
 # to compile, so the tests can run every preset's real step.
 STAGE_SIZES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3),
                14: (1, 1, 1, 1), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3),
-               101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
-BOTTLENECK_DEPTHS = frozenset({14, 26, 50, 101, 152, 200})
+               101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3),
+               161: (3, 4, 46)}
+BOTTLENECK_DEPTHS = frozenset({14, 26, 50, 101, 152, 200, 161})
 STEMS = ("imagenet", "cifar")
 STAGE_WIDTHS = (64, 128, 256, 512)
+# Depths whose stages differ from STAGE_WIDTHS / a 4x bottleneck expansion (per stage).
+CUSTOM_STAGE_WIDTHS = {161: (64, 128, 512)}
+CUSTOM_EXPANSIONS = {161: (4, 4, 8)}
 CONV_INITS = {"fan_in_truncated_normal": nn.initializers.variance_scaling(1.0, "fan_in",
                                                                          "truncated_normal"),
               "torchvision": nn.initializers.variance_scaling(2.0, "fan_out", "normal")}
@@ -50,6 +57,7 @@ CONV_INIT = CONV_INITS["fan_in_truncated_normal"]
 SHORTCUTS = ("on_shape_change", "first_block_of_stage")
 POOL_PADDINGS = ("torch", "same")
 CONV_PADDINGS = ("torch", "same")
+NORMS = ("batch", "layer")   # "layer": per-example LayerNorm, no batch_stats (CPC v2)
 SK_MIN_DIM = 32            # SimCLRv2: squeeze width = max(int(filters * sk_ratio), 32)
 
 
@@ -62,10 +70,22 @@ def is_bottleneck(depth: int) -> bool:
     return depth in BOTTLENECK_DEPTHS
 
 
+def stage_widths(depth: int) -> tuple:
+    """Bottleneck (or basic block) width of each stage at width 1x."""
+    return CUSTOM_STAGE_WIDTHS.get(depth, STAGE_WIDTHS)[:len(STAGE_SIZES[depth])]
+
+
+def expansions(depth: int) -> tuple:
+    """Output channels / block width of each stage (4 for bottlenecks, 1 for basic blocks)."""
+    default = (4 if is_bottleneck(depth) else 1,) * len(STAGE_SIZES[depth])
+    return CUSTOM_EXPANSIONS.get(depth, default)
+
+
 def num_features(depth: int, width_multiplier: float = 1.0) -> int:
-    """Width C of the pooled features of ResNet-`depth` (2048 for ResNet-50 1x, 512 for 18)."""
+    """Width C of the pooled features of ResNet-`depth` (2048 for ResNet-50 1x, 512 for 18,
+    4096 for ResNet-161)."""
     check_config(depth, "imagenet", width_multiplier, 0.0)
-    return scaled(STAGE_WIDTHS[-1], width_multiplier) * (4 if is_bottleneck(depth) else 1)
+    return scaled(stage_widths(depth)[-1], width_multiplier) * expansions(depth)[-1]
 
 
 def check_config(depth: int, stem: str, width_multiplier: float, sk_ratio: float,
@@ -197,7 +217,8 @@ class BasicBlock(nn.Module):
 
 
 class BottleneckBlock(nn.Module):
-    """1x1 -> 3x3 (stride; SK if sk_ratio > 0) -> 1x1 (4x) -> BN(scale 0) + shortcut -> ReLU."""
+    """1x1 -> 3x3 (stride; SK if sk_ratio > 0) -> 1x1 (`expansion` x, 4 but in ResNet-161's
+    third stage) -> BN(scale 0) + shortcut -> ReLU."""
     filters: int
     strides: int
     bn: Any
@@ -207,13 +228,14 @@ class BottleneckBlock(nn.Module):
     zero_init_residual: bool = True
     project_shortcut: bool = False
     conv_padding: str = "torch"
+    expansion: int = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
         ura = not train
         c = partial(conv, dtype=self.dtype, kernel_init=self.kernel_init,
                     padding=self.conv_padding)
-        out = 4 * self.filters
+        out = self.expansion * self.filters
         shortcut = x
         if self.project_shortcut or self.strides != 1 or x.shape[-1] != out:
             shortcut = Shortcut(out, self.strides, self.sk_ratio > 0, self.bn, self.dtype,
@@ -239,6 +261,8 @@ class ResNet(nn.Module):
     float32. `bn_group_size` is passed to every BN (None: global batch statistics).
     `shortcut`, `stem_pool_padding`, `conv_init`, `zero_init_residual`, `conv_padding`: which
     reference's architecture and initialisation (module docstring).
+    `norm`: "batch" (every model above) or "layer" (LayerNorm over each example's H, W, C in
+    place of every BN, scale and bias only: no batch_stats, no statistic across examples).
     """
     depth: int = 50
     width_multiplier: float = 1.0
@@ -253,10 +277,13 @@ class ResNet(nn.Module):
     conv_init: str = "fan_in_truncated_normal"
     zero_init_residual: bool = True
     conv_padding: str = "torch"
+    norm: str = "batch"
 
     def __post_init__(self):
         check_config(self.depth, self.stem, self.width_multiplier, self.sk_ratio, self.shortcut,
                      self.stem_pool_padding, self.conv_init, self.conv_padding)
+        if self.norm not in NORMS:
+            raise UserError(f"ResNet norm must be one of {NORMS}, got {self.norm!r}")
         super().__post_init__()
 
     @property
@@ -266,8 +293,11 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        bn = partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                     group_size=self.bn_group_size)
+        if self.norm == "layer":
+            bn = partial(LayerNorm, epsilon=self.bn_epsilon)
+        else:
+            bn = partial(BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                         group_size=self.bn_group_size)
         kernel_init = CONV_INITS[self.conv_init]
         c = partial(conv, dtype=self.dtype, kernel_init=kernel_init, padding=self.conv_padding)
         ura = not train
@@ -289,7 +319,8 @@ class ResNet(nn.Module):
             x = nn.relu(bn(name="stem_bn")(x, use_running_average=ura))    # [B, H/2, W/2, 64w]
             x = stem_max_pool(x, self.stem_pool_padding)                    # [B, H/4, W/4, 64w]
 
-        for stage, (blocks, width) in enumerate(zip(STAGE_SIZES[self.depth], STAGE_WIDTHS)):
+        for stage, (blocks, width, expansion) in enumerate(zip(
+                STAGE_SIZES[self.depth], stage_widths(self.depth), expansions(self.depth))):
             for b in range(blocks):
                 strides = 2 if stage > 0 and b == 0 else 1
                 project = self.shortcut == "first_block_of_stage" and b == 0
@@ -300,7 +331,7 @@ class ResNet(nn.Module):
                               name=name)
                 if is_bottleneck(self.depth):
                     x = BottleneckBlock(scaled(width, w), strides, bn, self.sk_ratio,
-                                        **common)(x, train)
+                                        expansion=expansion, **common)(x, train)
                 else:
                     x = BasicBlock(scaled(width, w), strides, bn, self.sk_ratio > 0,
                                    **common)(x, train)
