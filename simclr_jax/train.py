@@ -18,11 +18,11 @@ import optax
 from simclr_jax import checkpoint, optim, parallel, preemption, reporting
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import check_splits, validate_config
-from simclr_jax.data import augment_jax, device_dataset, normalization, sources
+from simclr_jax.data import aug_presets, augment_jax, device_dataset, normalization, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
 from simclr_jax.guard import DivergenceGuard
-from simclr_jax.methods import Context, encoder_network, get_method, views_of
+from simclr_jax.methods import Context, encoder_network, get_method
 from simclr_jax.state import TrainState, select_tree, tree_all_finite
 
 
@@ -367,7 +367,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             batch = next(batches)
             if (step == start_step == 0 and is_chief and config.get("log_images", True)
                     and "view1" in batch):      # dataset.on_device: views exist in the step only
-                shown = [batch[v] for v in views_of(config)            # rows of one width
+                shown = [batch[v] for v in aug_presets.view_names(config.aug)  # rows of one width
                          if batch[v].shape == batch["view1"].shape]
                 writer.write_images(0, {"augmented_view_pairs": image_rows(
                     shown, config.aug.view1.normalize)})
