@@ -361,6 +361,7 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     summary: dict = {}
     last_log_time, last_log_step = time.time(), start_step
     paused = 0.0     # seconds spent in kNN evaluations and checkpoints since the last log
+    saving = None    # the checkpoint save in flight (checkpoint.Saving)
 
     try:
         for step in range(start_step, total_steps):
@@ -406,14 +407,14 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             if done % config.checkpoint_every_steps == 0 or at_end or stopping:
                 t0 = time.time()
                 with report.timed("checkpoint"):
-                    checkpoint.save(manager, state)
+                    saving = checkpoint.save(manager, state, saving)
                 paused += time.time() - t0
                 guard.saved(done)
             if stopping:
                 break
     finally:
         _LAST_PIPELINE[:] = [batches]   # not destroyed here: see _LAST_PIPELINE
-        checkpoint.wait_until_finished(manager)
+        checkpoint.wait_until_finished(manager, saving)
 
     final_step = int(jax.device_get(state.step))
     if final_step == total_steps and start_step == total_steps:
