@@ -51,7 +51,8 @@ def main(argv):
         c.moco.queue_size = min(c.moco.queue_size, (keep * 10 // c.batch_size) * c.batch_size)
 
     t0 = time.time()
-    summary = train.train_and_evaluate(c, _WORKDIR.value)
+    pipelines: list = []    # destroyed after the timing (see train_and_evaluate's keep_alive)
+    summary = train.train_and_evaluate(c, _WORKDIR.value, keep_alive=pipelines)
     minutes = (time.time() - t0) / 60
     events = os.path.join(_WORKDIR.value, "first_last_loss.json")
     config_name = config_flags.get_config_filename(flags.FLAGS["config"])

@@ -11,6 +11,7 @@ or queue size), not damage: it stops with one line instead of falling back.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import time
 from typing import Callable, Optional
@@ -37,7 +38,15 @@ def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 
 _FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
-_last_save: dict = {}    # the save in flight: its step and size, for the disk-full message
+
+
+@dataclasses.dataclass(frozen=True)
+class Saving:
+    """A save in flight, as `save` returns it: its step and size, for the disk-full message.
+    The caller hands it back to the next `save` and to `wait_until_finished`, whose waits are
+    where an asynchronous save's error surfaces."""
+    step: int
+    bytes: int
 
 
 def disk_full(e: BaseException) -> bool:
@@ -54,10 +63,11 @@ def disk_full(e: BaseException) -> bool:
     return False
 
 
-def _raise_if_disk_full(e: BaseException, manager: ocp.CheckpointManager) -> None:
+def _raise_if_disk_full(e: BaseException, manager: ocp.CheckpointManager,
+                        saving: Optional[Saving]) -> None:
     if not disk_full(e):
         return
-    step, size = _last_save.get("step"), _last_save.get("bytes")
+    step, size = (saving.step, saving.bytes) if saving else (None, None)
     directory = manager.directory
     try:
         manager.reload()
@@ -71,28 +81,34 @@ def _raise_if_disk_full(e: BaseException, manager: ocp.CheckpointManager) -> Non
                     f"{needed}; {last}. Free space and re-run the same command to resume.") from None
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState) -> None:
-    """Start an asynchronous save of `state` at its step (the loop waits once, at its end).
+def save(manager: ocp.CheckpointManager, state: TrainState,
+         previous: Optional[Saving] = None) -> Saving:
+    """Start an asynchronous save of `state` at its step (the loop waits once, at its end);
+    `previous` is what the last call returned (None for the first). Returns this save's
+    `Saving`, for the next call and for `wait_until_finished`.
 
     A full disk (here or in the previous save, whose errors surface now) is one UserError
     naming the path, the size and the last good checkpoint."""
     step = int(jax.device_get(state.step))
-    wait_until_finished(manager)   # orbax waits for the previous save anyway; its error is its own
-    _last_save.update(step=step, bytes=sum(
+    # orbax waits for the previous save anyway; its error is its own
+    wait_until_finished(manager, previous)
+    saving = Saving(step=step, bytes=sum(
         getattr(x, "nbytes", 0) for x in jax.tree.leaves(state.to_dict())))
     try:
         manager.save(step, args=ocp.args.StandardSave(state.to_dict()))
     except Exception as e:
-        _raise_if_disk_full(e, manager)
+        _raise_if_disk_full(e, manager, saving)
         raise
+    return saving
 
 
-def wait_until_finished(manager: ocp.CheckpointManager) -> None:
-    """Wait for the save in flight; a full disk is one UserError (see `save`)."""
+def wait_until_finished(manager: ocp.CheckpointManager, saving: Optional[Saving] = None) -> None:
+    """Wait for the save in flight (`saving`, as `save` returned it); a full disk is one
+    UserError (see `save`)."""
     try:
         manager.wait_until_finished()
     except Exception as e:
-        _raise_if_disk_full(e, manager)
+        _raise_if_disk_full(e, manager, saving)
         raise
 
 

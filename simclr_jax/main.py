@@ -64,8 +64,10 @@ def main(argv):
 
     _quiet_failed_saves()
 
+    # The input iterators of the run, destroyed only at the end (see train_and_evaluate).
+    keep_alive: list = []
     try:
-        summary = run_mode(_loaded_config(), _WORKDIR.value)
+        summary = run_mode(_loaded_config(), _WORKDIR.value, keep_alive)
     except (UserError, DivergedError) as e:  # anything else is a bug: keep its traceback
         print(f"error: {e}", file=sys.stderr)
         _quiet_abandoned_tasks()
@@ -162,8 +164,9 @@ def _loaded_config():
 MODES = ("pretrain", "knn_eval", "linear_eval", "finetune", "distill")
 
 
-def run_mode(config, workdir):
-    """config.mode picks the job: pretraining or one of the evaluation protocols."""
+def run_mode(config, workdir, keep_alive: list | None = None):
+    """config.mode picks the job: pretraining or one of the evaluation protocols (`keep_alive`:
+    see train.train_and_evaluate)."""
     import importlib
 
     from simclr_jax import train
@@ -171,7 +174,7 @@ def run_mode(config, workdir):
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if mode == "pretrain":
-        return train.train_and_evaluate(config, workdir)
+        return train.train_and_evaluate(config, workdir, keep_alive=keep_alive)
     return importlib.import_module(f"simclr_jax.evaluate.{mode}").run(config, workdir)
 
 

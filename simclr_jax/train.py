@@ -18,11 +18,11 @@ import optax
 from simclr_jax import checkpoint, init_weights, optim, parallel, preemption, reporting
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import check_splits, validate_config
-from simclr_jax.data import augment_jax, device_dataset, normalization, sources
+from simclr_jax.data import aug_presets, augment_jax, device_dataset, normalization, sources
 from simclr_jax.errors import NonFiniteLossError, UserError  # noqa: F401 (re-exported)
 from simclr_jax.evaluate import knn
 from simclr_jax.guard import DivergenceGuard
-from simclr_jax.methods import Context, encoder_network, get_method, views_of
+from simclr_jax.methods import Context, encoder_network, get_method
 from simclr_jax.state import TrainState, select_tree, tree_all_finite
 
 
@@ -256,16 +256,8 @@ def mean_metrics(history: list[dict]) -> dict:
     return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
-# The pretraining input iterator of the latest run, kept alive on purpose. Destroying a tf.data
-# iterator waits for its autotuning thread, which sleeps up to 60 s between rounds (measured: a
-# SIGTERM'd run spent 15-60 s in that destructor after a few minutes of training, longer than a
-# preemption grace period). The command line ends with os._exit once everything is durable
-# (preemption.exit_now), so it never waits; a library caller waits when its next run replaces
-# this one, or at interpreter exit.
-_LAST_PIPELINE: list = []
-
-
-def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None, *,
+                       keep_alive: list | None = None) -> dict:
     """Pretrain with `config`, writing TensorBoard events and checkpoints under `workdir`.
 
     Resumes automatically from the newest intact checkpoint in `workdir`; re-running a finished
@@ -275,6 +267,13 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     SIGTERM does the same at a step all processes agree on. Returns the final metrics
     (including kNN accuracy of the learned encoder and of the same encoder at initialisation);
     "stopped" is True when the run ended before total_steps.
+
+    `keep_alive`: a list the caller owns; the run's input iterator is appended to it instead of
+    being destroyed on return. Destroying a tf.data iterator waits for its autotuning thread,
+    which sleeps up to 60 s between rounds (measured: a SIGTERM'd run spent 15-60 s in that
+    destructor after a few minutes of training, longer than a preemption grace period; 0.01-
+    0.03 s after a 20-step run). The command line holds the list until it ends with os._exit
+    (preemption.exit_now), so it never waits; without a list the wait is at the return.
     """
     validate_config(config)
     check_splits(config)
@@ -282,13 +281,14 @@ def train_and_evaluate(config, workdir: str, stop_after_steps: int | None = None
     try:
         with workdir_lib.WorkdirLock(workdir) as lock:
             return _train_and_evaluate(config, workdir, stop_after_steps, stop,
-                                       read_only=lock.read_only)
+                                       read_only=lock.read_only, keep_alive=keep_alive)
     finally:
         stop.restore()
 
 
 def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
-                        stop: preemption.StopSignal, read_only: bool = False) -> dict:
+                        stop: preemption.StopSignal, read_only: bool = False,
+                        keep_alive: list | None = None) -> dict:
     mesh = parallel.make_mesh()
     parallel.check_batch_divisible(config.batch_size, mesh)
     method = get_method(config.method)
@@ -373,13 +373,14 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
     summary: dict = {}
     last_log_time, last_log_step = time.time(), start_step
     paused = 0.0     # seconds spent in kNN evaluations and checkpoints since the last log
+    saving = None    # the checkpoint save in flight (checkpoint.Saving)
 
     try:
         for step in range(start_step, total_steps):
             batch = next(batches)
             if (step == start_step == 0 and is_chief and config.get("log_images", True)
                     and "view1" in batch):      # dataset.on_device: views exist in the step only
-                shown = [batch[v] for v in views_of(config)            # rows of one width
+                shown = [batch[v] for v in aug_presets.view_names(config.aug)  # rows of one width
                          if batch[v].shape == batch["view1"].shape]
                 writer.write_images(0, {"augmented_view_pairs": image_rows(
                     shown, config.aug.view1.normalize)})
@@ -418,14 +419,15 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             if done % config.checkpoint_every_steps == 0 or at_end or stopping:
                 t0 = time.time()
                 with report.timed("checkpoint"):
-                    checkpoint.save(manager, state)
+                    saving = checkpoint.save(manager, state, saving)
                 paused += time.time() - t0
                 guard.saved(done)
             if stopping:
                 break
     finally:
-        _LAST_PIPELINE[:] = [batches]   # not destroyed here: see _LAST_PIPELINE
-        checkpoint.wait_until_finished(manager)
+        if keep_alive is not None:      # not destroyed on return: see train_and_evaluate
+            keep_alive.append(batches)
+        checkpoint.wait_until_finished(manager, saving)
 
     final_step = int(jax.device_get(state.step))
     if final_step == total_steps and start_step == total_steps:

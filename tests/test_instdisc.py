@@ -303,9 +303,11 @@ def test_runlocal_shrinks_k_and_the_bank_follows_the_dataset():
 # ----------------------------------------------------------------------------- the CLI
 
 # The cifar10 recipe (non-parametric softmax over the whole bank) at runlocal size on a
-# 10-image-per-class slice of the digits (a 100-row bank), long enough to learn: 15 epochs.
+# 10-image-per-class slice of the digits (a 100-row bank): 15 epochs at the recipe's LR per step.
+# Why each override: see the test's docstring.
 CLI_ARGS = ["--config.dataset.train_split=train[:10]", "--config.batch_size=16",
-            "--config.num_steps=90", "--config.optimizer.base_lr=1.0",
+            "--config.num_steps=90", "--config.optimizer.base_lr=0.48",
+            "--config.eval.knn_features=backbone", "--config.eval.knn_k=200",
             "--config.checkpoint_every_steps=30", "--config.eval.every_steps=1000",
             "--config.log_images=false"]
 
@@ -313,11 +315,29 @@ CLI_ARGS = ["--config.dataset.train_split=train[:10]", "--config.batch_size=16",
 def test_runlocal_through_the_cli_learns_and_resumes_exactly_after_kill_9(tmp_path):
     """`--config configs/instdisc.py:cifar10,runlocal`: killed with SIGKILL after its first
     checkpoint and run again, it ends with exactly the state (bank included) of an
-    uninterrupted run, and its loss is below ln N, the loss of an encoder that maps every image
-    to the same feature (it starts above it: ~11 at step 1 with the random bank).
-    kNN is NOT asserted: at this budget the encoder does not beat its random init on the digits
-    (measured on a shared 2-core CPU: 0.919 vs 0.919 on backbone features, 0.74 vs 0.84 on the
-    128-d output with a 50-image bank); instance discrimination needs many epochs."""
+    uninterrupted run, its loss is below ln N, the loss of an encoder that maps every image to
+    the same feature (it starts above it: ~11 at step 1 with the random bank), and its kNN
+    beats the same encoder at init.
+
+    Overrides, and why: train[:10] (100 images: 15 epochs in 90 steps, so each bank row is
+    rewritten 15 times; on the whole 1,438-image split 200 steps are 2 epochs and the kNN fell,
+    0.76 vs 0.84); base_lr 0.48 = the recipe's 0.03 per step at batch 16 (linear scaling;
+    the preset's own base_lr gives 0.004 at batch 16; 1.0 gave 0.77 vs 0.84 on the projection);
+    knn_features=backbone and knn_k=200: the kNN on the 64-d backbone (the runlocal projection
+    is 16-d, the recipe's 128 shrunk) with the recipe's k (test.py's 200, which runlocal shrinks
+    to 10); checkpoints every 30 steps (the kill); no periodic kNN or images (speed).
+    Why init is a hard baseline: the encoder at init has BN running statistics (0, 1), i.e. no
+    normalisation, and that random ResNet is a strong kNN on the 8x8 digits; the same random
+    weights with the training images' BN statistics (a run at LR 0) score lower (backbone, k 200:
+    0.752 vs 0.783; 16-d projection, k 10: 0.63 vs 0.84), so learning first makes up for that.
+    Measured on the shared 2-core CPU (learned vs init, backbone k 200): 0.861 vs 0.783; on the
+    projection at k 10 the same run gives 0.866 vs 0.838 and at k 200 0.699 vs 0.683. Other
+    seeds (not tested): seed 1 0.710 vs 0.680, seed 2 0.733 vs 0.669. The gain peaks at 60-120
+    steps and then falls as the encoder fits the 100 instances (seed 0: 0.866 at 120 steps, 0.857
+    at 150; 300 steps on the projection: 0.79 vs 0.84), so this budget is not to be raised
+    blindly. LR 0: 0.752 vs 0.783, a run that does not learn fails. The final loss is 4.589
+    against ln 100 = 4.605 (at base_lr 1.0 it was 4.537): instance discrimination of 100 images
+    is barely under way after 15 epochs. 100-120 s for both runs on the loaded 2-core CPU."""
     from test_reliability import _kill_when, assert_trees_equal, cli_env
     from simclr_jax import checkpoint
     workdir = tmp_path / "cli"
@@ -333,7 +353,9 @@ def test_runlocal_through_the_cli_learns_and_resumes_exactly_after_kill_9(tmp_pa
     assert final.returncode == 0, final.stderr[-3000:]
     assert "Resumed from checkpoint" in final.stderr
     result = json.load(open(workdir / "final_metrics.json"))
-    assert result["loss"] < math.log(100) and "knn_top1_init" in result, result
+    print({k: result[k] for k in ("loss", "knn_top1", "knn_top1_init")}, "ln N", math.log(100))
+    assert result["loss"] < math.log(100), result
+    assert result["knn_top1"] > result["knn_top1_init"] + 0.03, result
     # The same run uninterrupted, in this process (no kNN: it changes no state).
     config = load_config("instdisc.py", "cifar10,runlocal")
     for arg in CLI_ARGS:

@@ -232,15 +232,27 @@ def uniform_loss(B):
 
 
 def test_runlocal_cli_run_learns(tmp_path):
-    """`--config configs/invaspread.py:cifar10_paper,runlocal` through the CLI, 60 steps: the
-    loss ends well below its value for features that do not tell instances apart (measured
-    3.93 against 4.40). Its kNN does NOT yet beat the same encoder at initialisation in so
-    short a run (0.72 against 0.84 on the digits; 0.78 after 150 steps): a random ResNet is a
-    strong kNN baseline on 8x8 digits, and the spreading term first scrambles it."""
+    """`--config configs/invaspread.py:cifar10_paper,runlocal` through the CLI at the recipe's
+    own LR (0.03, not scaled with the batch), 200 steps (~14 epochs of the digits' 1,438 training
+    images at batch 16): the loss ends well below its value for features that do not tell
+    instances apart, and the kNN of the learned 16-d embedding beats the same encoder at init.
+
+    Overrides, and why: num_steps=200, as runlocal's 20 are too few (at 60 the gain is small
+    and depends on the seed: 0.872 vs 0.838, seed 1 0.772 vs 0.763); eval and checkpoint only
+    at the end (speed). The LR stays the recipe's: above it the kNN stayed below init (0.3: 0.71
+    after 60 steps, 0.81 after 200; 0.1: 0.83 after 120; init 0.84).
+    Why init is a hard baseline here: the encoder at init has BN running statistics (0, 1),
+    i.e. no normalisation, and that random ResNet scores 0.84 on the 8x8 digits; the same
+    random weights with the BN statistics of the training images (a run at LR 0) score 0.63,
+    so learning must first make up 0.2.
+    Measured on the shared 2-core CPU (kNN learned vs init): seed 0 0.922 vs 0.838 (loss 3.27
+    against the uniform 4.42), seed 1 0.872 vs 0.763, seed 2 0.905 vs 0.811; 300 steps: 0.928,
+    0.894, 0.922; LR 0 for 200 steps: 0.630 vs 0.838 (so a run that does not learn fails).
+    32-45 s on the shared CPU, 106 s when it was loaded (load average 13)."""
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "simclr_jax.main",
            "--config", os.path.join(ROOT, "configs", "invaspread.py") + ":cifar10_paper,runlocal",
-           "--workdir", str(workdir), "--config.num_steps=60", "--config.optimizer.base_lr=0.3",
+           "--workdir", str(workdir), "--config.num_steps=200",
            "--config.eval.every_steps=1000", "--config.checkpoint_every_steps=1000",
            "--config.log_images=False"]
     env = {**os.environ, "PYTHONPATH": ROOT}
@@ -249,7 +261,8 @@ def test_runlocal_cli_run_learns(tmp_path):
     result = json.loads((workdir / "final_metrics.json").read_text())
     print({k: result[k] for k in ("loss", "positive_prob", "knn_top1", "knn_top1_init")},
           "uniform loss", uniform_loss(16))
-    assert result["step"] == 60
+    assert result["step"] == 200
     assert result["loss"] < uniform_loss(16) - 0.2, result
     assert result["positive_prob"] > 1.5 / 31, result
+    assert result["knn_top1"] > result["knn_top1_init"] + 0.04, result
     assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_init"] <= 1.0

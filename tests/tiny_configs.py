@@ -4,7 +4,8 @@ import os
 import numpy as np
 
 from simclr_jax.config_base import load_config_file, runlocal
-from simclr_jax.methods import get_method, views_of
+from simclr_jax.data.aug_presets import view_names
+from simclr_jax.methods import get_method
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +22,7 @@ def shrink(c, *, batch_size=16, image_size=16, steps=2):
     c.dataset.image_size = image_size
     c.batch_size, c.num_steps = batch_size, steps
     get_method(c.method).runlocal(c)          # the method's queue/bank sizes for this batch
-    for name in views_of(c):
+    for name in view_names(c.aug):
         c.aug[name].blur_prob = min(c.aug[name].blur_prob, 0.5)
     c.eval.every_steps = 1000
     c.eval.knn_at_init = False

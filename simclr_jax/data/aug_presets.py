@@ -46,6 +46,18 @@ RESIZE_METHODS = ("bicubic", "bilinear", "nearest", "area", "lanczos3")
 PROBABILITIES = ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
 
 
+def view_names(aug) -> list[str]:
+    """The names of the configured views in `aug` (a config's `aug` section), "view1".."viewV"
+    in order; gaps are refused."""
+    names = sorted((k for k in aug.keys() if k.startswith("view") and k[4:].isdigit()),
+                   key=lambda k: int(k[4:]))
+    for v, name in enumerate(names, start=1):
+        if name != f"view{v}":
+            raise UserError(f"aug has {', '.join(names)}: views must be numbered view1, view2, "
+                            f"... without gaps.")
+    return names
+
+
 def check_view(name: str, view) -> None:
     """One clear line for the first impossible setting of one view's policy (`aug.<name>`),
     before any work starts: a bad command-line override must not fail inside a TF graph."""

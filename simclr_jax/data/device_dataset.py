@@ -37,17 +37,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from simclr_jax import parallel
-from simclr_jax.data import augment_jax, draw_slots
+from simclr_jax.data import aug_presets, augment_jax, draw_slots
 from simclr_jax.errors import UserError
 
 MAX_DEVICE_BYTES = 16 << 30      # replicated pixels per device (an H200 holds 141 GB)
 _ORDER_STREAM, _VIEW_STREAM = 1, 2   # fold_in tags: example order, view draws
-
-
-def view_names(aug_cfg) -> list[str]:
-    """["view1", ..., "viewK"]: one per `aug.view{k}` entry of the config, in order."""
-    names = [k for k in aug_cfg.keys() if k.startswith("view") and k[4:].isdigit()]
-    return sorted(names, key=lambda k: int(k[4:]))
 
 
 def view_size(config, name: str) -> int:
@@ -128,7 +122,7 @@ def make_views(batch: dict, config, step) -> dict:
     """Inside the jitted step: {"dataset": DeviceData} -> {"view1".."viewK", "label", "index"}
     for global batch `step` (int32 scalar)."""
     data: DeviceData = batch["dataset"]
-    names = view_names(config.aug)
+    names = aug_presets.view_names(config.aug)
     n, batch_size = data.images.shape[0], config.batch_size
     index = _rows(example_indices(config.seed, step, batch_size, n), data.mesh)     # [B]
     images = data.images[index]                                                  # [B, H, W, 3]

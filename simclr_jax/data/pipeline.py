@@ -41,7 +41,7 @@ from simclr_jax.data import tf_support
 
 tf = tf_support.tensorflow("the tf.data input pipeline (dataset.on_device=false)")  # one error line where TF is missing
 
-from simclr_jax.data import augment_tf, sources  # noqa: E402
+from simclr_jax.data import aug_presets, augment_tf, sources  # noqa: E402
 from simclr_jax.errors import UserError
 
 _NO_END = 2 ** 62                # the element counter of an "infinite" stream
@@ -129,7 +129,7 @@ def _records(source: sources.Source) -> _InMemoryRecords:
 def _view_configs(aug_cfg, num_views: Optional[int]) -> list:
     """aug.view1..viewV (every configured view when num_views is None)."""
     if num_views is None:
-        num_views = sum(1 for k in aug_cfg.keys() if k.startswith("view") and k[4:].isdigit())
+        num_views = len(aug_presets.view_names(aug_cfg))
     if num_views < 1:
         raise UserError("the aug config has no view: add aug.view1 (aug_presets.two_views or "
                         "the method's config file builds them).")

@@ -265,7 +265,7 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
     if eval_at_start:
         init = evaluate(eval_step, state, eval_batches_fn())
         results.update({f"{k}_init": v for k, v in init.items() if k != "num_eval_examples"})
-    manager = None
+    manager, saving = None, None    # saving: the checkpoint save in flight
     if workdir is not None:
         manager = checkpoint.make_manager(workdir, keep_checkpoints)
         restored = checkpoint.restore_latest(manager, state)
@@ -312,7 +312,7 @@ def fit(state: SupervisedState, *, train_step, eval_step, train_batches_from: Ca
                     writer.write_scalars(done, {f"eval/{k}": v for k, v in metrics.items()})
             if manager is not None and (done % checkpoint_every == 0 or at_end):
                 with report.timed("checkpoint"):
-                    checkpoint.save(manager, state)
+                    saving = checkpoint.save(manager, state, saving)
                 guard.saved(done)
     finally:
         if manager is not None:

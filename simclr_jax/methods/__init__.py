@@ -41,6 +41,7 @@ import importlib
 import pkgutil
 from typing import Any, Callable, Optional, Sequence
 
+from simclr_jax.data import aug_presets
 from simclr_jax.errors import UserError
 
 FOREVER = 2 ** 31 - 1   # ParamGroup.frozen_until_step: never trained
@@ -220,20 +221,9 @@ def state_config_keys(method_name) -> tuple:
     return tuple(get_method(method_name).state_config_keys)
 
 
-def views_of(config) -> list:
-    """The names of the configured views, "view1".."viewV", in order (no gaps allowed)."""
-    names = sorted((k for k in config.aug.keys() if k.startswith("view") and k[4:].isdigit()),
-                   key=lambda k: int(k[4:]))
-    for v, name in enumerate(names, start=1):
-        if name != f"view{v}":
-            raise UserError(f"aug has {', '.join(names)}: views must be numbered view1, view2, "
-                            f"... without gaps.")
-    return names
-
-
 def check_views(method_name: str, method: Method, config) -> None:
     lo, hi = method.num_views
-    n = len(views_of(config))
+    n = len(aug_presets.view_names(config.aug))
     if not lo <= n <= hi:
         want = f"{lo}" if lo == hi else f"{lo} to {hi}"
         raise UserError(f"method {method_name} uses {want} augmented views, the config has {n} "
