@@ -52,5 +52,5 @@ def random_batch(B, S, seed=0, num_views=2, sizes=None):
 def config_batch(config, B, seed=0):
     """random_batch with the config's views at their own sizes (multi-crop configs)."""
     S = config.dataset.image_size
-    sizes = [config.aug[name].get("image_size") or S for name in views_of(config)]
+    sizes = [config.aug[name].get("image_size") or S for name in view_names(config.aug)]
     return random_batch(B, S, seed=seed, sizes=sizes)

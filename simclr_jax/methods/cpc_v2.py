@@ -23,7 +23,8 @@ import ml_collections
 from simclr_jax import losses
 from simclr_jax.data.patch_grid import augment_patches, grid_size, patch_grid
 from simclr_jax.errors import UserError
-from simclr_jax.methods import EncoderSpec, Method, common, online_variables, views_of
+from simclr_jax.data.aug_presets import view_names
+from simclr_jax.methods import EncoderSpec, Method, common, online_variables
 from simclr_jax.models.masked_context import DIRECTIONS, RowCausalContextNetwork, orient
 from simclr_jax.models.patch_encoder import PatchGridEncoder
 
@@ -142,7 +143,7 @@ class CPCv2(Method):
         if config.model.name != "resnet":
             raise UserError(f"method {config.method} encodes patches with a ResNet: set "
                             f"model.name='resnet' (got {config.model.name!r}).")
-        for name in views_of(config):
+        for name in view_names(config.aug):
             g = grid_size(int(config.aug[name].get("image_size") or config.dataset.image_size),
                           s.patch_size, s.patch_stride)
             if not 1 <= s.min_step <= s.max_step <= g - 1:

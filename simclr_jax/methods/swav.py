@@ -25,8 +25,8 @@ import ml_collections
 
 from simclr_jax import losses
 from simclr_jax.errors import UserError
-from simclr_jax.methods import (Method, ParamGroup, common, frozen_backbone_groups, probe_group,
-                                views_of)
+from simclr_jax.data.aug_presets import view_names
+from simclr_jax.methods import Method, ParamGroup, common, frozen_backbone_groups, probe_group
 
 
 def unit_rows(w: jnp.ndarray) -> jnp.ndarray:
@@ -120,13 +120,13 @@ class SwAV(Method):
         if s.queue_length > 0:             # exercised in a 20-step run: full after 4 steps
             s.queue_length, s.epoch_queue_starts = 4 * c.batch_size, 0
         s.freeze_prototypes_niters = min(s.freeze_prototypes_niters, 3)
-        for name in views_of(c):           # local crops at half the (shrunk) image size
+        for name in view_names(c.aug):           # local crops at half the (shrunk) image size
             if c.aug[name].get("image_size") is not None:
                 c.aug[name].image_size = max(4, c.dataset.image_size // 2)
 
     def validate(self, config, ctx) -> None:
         super().validate(config, ctx)
-        s, V = config.swav, len(views_of(config))
+        s, V = config.swav, len(view_names(config.aug))
         if s.num_prototypes < 1:
             raise UserError(f"swav.num_prototypes={s.num_prototypes} must be >= 1.")
         if not s.epsilon > 0 or s.sinkhorn_iterations < 1:
@@ -169,7 +169,7 @@ class SwAV(Method):
 
     def compute_loss(self, network, config, params, state, batch, rng, ctx):
         s = config.swav
-        views = [batch[name] for name in views_of(config)]
+        views = [batch[name] for name in view_names(config.aug)]
         V, B = len(views), views[0].shape[0]
         out, stats = common.apply_train(network, params, state.batch_stats,
                                         resolution_groups(views), method="multi_crop")
