@@ -28,7 +28,8 @@ cifar10 — NOT a reference recipe (the repository has ImageNet and ImageNet-100
     python -m simclr_jax.main --config configs/cmc.py:cifar10 --workdir DIR
 Hardware of the published runs: not stated beyond "at least 4 GPUs" (README). Each preset's
 every difference from the official code: FIDELITY.md. Any preset with `,runlocal` runs on a
-laptop (K shrinks to 64, the stem shrinks with the tiny encoders).
+laptop (K shrinks to 64, the stem shrinks with the tiny encoders); the digits are grey, so their
+ab view is nearly empty (Lab's grey offset): a smoke test, not a CMC learning task.
 """
 import ml_collections
 

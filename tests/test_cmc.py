@@ -347,6 +347,8 @@ def lr(c):
                                                ("imagenet_r50_softmax", 0.5, "softmax"),
                                                ("cifar10", 0.5, "nce")])
 def test_presets_are_train_cmc_py(preset, width, loss):
+    from simclr_jax.config_validation import validate_config
+    validate_config(tiny("cmc.py", preset, batch_size=8, image_size=16))
     c, ref = load_config("cmc.py", preset), REFERENCE
     imagenet = preset.startswith("imagenet")
     assert c.method == "cmc" and c.model.name == "resnet" and c.model.width == width
