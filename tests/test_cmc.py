@@ -376,6 +376,22 @@ def test_presets_are_train_cmc_py(preset, width, loss):
     assert v.normalize == "none" and c.eval.knn_features == "backbone"
 
 
+def test_linear_eval_preset_is_linear_probing_py():
+    """LinearProbing.py: SGD momentum 0.9, lr 30 at batch 256, wd 0, 60 epochs, and util.py's
+    adjust_learning_rate: lr x 0.2 ** (number of decay epochs 30, 40, 50 passed)."""
+    from simclr_jax import optim
+    c = load_config("linear_eval.py", "cmc")
+    assert (c.optimizer.name, c.optimizer.momentum, c.optimizer.nesterov) == ("sgd", 0.9, False)
+    assert c.optimizer.base_lr * c.batch_size / 256 == 30.0 and c.batch_size == 256
+    assert (c.optimizer.weight_decay, c.num_epochs, c.classifier.zero_init) == (0.0, 60, False)
+    schedule = optim.make_lr_schedule(c.lr_schedule, peak_lr=30.0, total_steps=600,
+                                      boundaries=c.lr_boundaries_epochs, steps_per_epoch=10,
+                                      factors=c.lr_boundary_factors)
+    for epoch in range(1, 61):       # the reference's epochs count from 1
+        want = 30.0 * 0.2 ** int(np.sum(epoch > np.asarray([30, 40, 50])))
+        assert float(schedule((epoch - 1) * 10)) == pytest.approx(want, rel=1e-6), epoch
+
+
 def test_runlocal_shrinks_k_and_the_stem():
     local = load_config("cmc.py", "imagenet_r50,runlocal")
     assert (local.cmc.num_negatives, local.cmc.stem_width) == (64, 0)
