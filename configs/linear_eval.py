@@ -18,6 +18,10 @@ moco_v3 / moco_v3_vit — MoCo v3 main_lincls.py: SGD momentum 0.9, wd 0, batch 
     Published (ImageNet): R50 68.9 / 72.8 / 74.6 (100 / 300 / 1000 ep); ViT-S 73.2, ViT-B 76.7.
 byol — BYOL eval_experiment.py / paper: SGD Nesterov momentum 0.9, lr 0.2 x B/256, cosine, no
     weight decay, batch 1024, 80 epochs. Published (R50, 1000 ep): 74.3.
+cmc — CMC LinearProbing.py (--layer 6: both encoders' pooled features, concatenated; the
+    encoder converts RGB to Lab itself): SGD momentum 0.9, lr 30 (batch 256; 50 for resnet50v3:
+    --config.optimizer.base_lr=50), wd 0, 60 epochs, lr x0.2 at epochs 30, 40 and 50, N(0, 0.01)
+    layer. Published (ImageNet): 64.1 (resnet50v2), 68.4 (resnet50v3), FIDELITY.md.
 Deliberate differences from the official code: FIDELITY.md.
 Training augmentation: random resized crop + flip only, normalised like the pretraining.
 Output: workdir/linear_eval.json (top1, top5, num_eval_examples, ...), TensorBoard events, and a
@@ -30,7 +34,7 @@ CPU smoke run on the quickstart digits encoder:
 from simclr_jax.config_base import with_presets
 from simclr_jax.evaluate.protocol_config import protocol_config
 
-PRESETS = ("simclr", "simclr_cifar10", "moco", "moco_v3", "moco_v3_vit", "byol")
+PRESETS = ("simclr", "simclr_cifar10", "moco", "moco_v3", "moco_v3_vit", "byol", "cmc")
 
 
 @with_presets(PRESETS, default="simclr")
@@ -72,4 +76,7 @@ def get_config(arg):
         c.classifier.zero_init = False
         c.batch_size, c.num_epochs = 256, 100.0
         c.eval.batch_size = 256
+    if arg == "cmc":    # util.adjust_learning_rate: lr x 0.2 ** (decays passed)
+        c.lr_boundaries_epochs, c.lr_boundary_factors = (30.0, 40.0, 50.0), (0.2, 0.04, 0.008)
+        c.num_epochs = 60.0
     return c

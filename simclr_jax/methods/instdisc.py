@@ -15,10 +15,9 @@ As zhirongw/lemniscate.pytorch (lib/NCEAverage.py, NCECriterion.py, LinearAverag
 Negatives come from the step's rng for the whole global batch, so every topology draws the same.
 The bank is sharded by rows over the mesh's "data" axis (ImageNet: 1,281,167 x 128 float32 =
 656 MB); its rows are padded to a multiple of lcm(128, devices) and the padding is never drawn.
+The bank itself (init, draw, read, score, NCE, write, sharding) is methods/memory_bank.py.
 """
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -28,113 +27,11 @@ from jax.sharding import PartitionSpec as P
 from simclr_jax import losses
 from simclr_jax.errors import UserError
 from simclr_jax.methods import Method, common
+from simclr_jax.methods.memory_bank import (  # noqa: F401  (the bank's API, re-exported)
+    EPS, ROW_MULTIPLE, bank_rows, draw_rows, init_bank, nce_loss, nce_probs, read_rows,
+    row_logits, update_bank)
 
 LOSSES = ("nce", "softmax")
-EPS = 1e-7          # NCECriterion's eps
-ROW_MULTIPLE = 128  # bank rows are padded to a multiple of lcm(this, devices): the same shape
-                    # (so the same checkpoint) on every power-of-two device count up to 128
-
-
-def bank_rows(num_examples: int, mesh) -> int:
-    """Rows of the (padded) bank: N rounded up so the "data" axis splits it evenly."""
-    devices = 1 if mesh is None else int(mesh.shape.get("data", mesh.devices.size))
-    m = math.lcm(ROW_MULTIPLE, devices)
-    return -(-num_examples // m) * m
-
-
-def init_bank(rng, num_examples: int, rows: int, dim: int):
-    """NCEAverage's buffer: U(-stdv, stdv), stdv = 1/sqrt(D/3) (rows of norm ~1, not exactly 1),
-    then zero rows up to `rows` (never drawn). [rows, D] float32."""
-    stdv = 1.0 / math.sqrt(dim / 3)
-    bank = jax.random.uniform(rng, (num_examples, dim), jnp.float32, -stdv, stdv)
-    return jnp.pad(bank, ((0, rows - num_examples), (0, 0)))
-
-
-def draw_rows(rng, index, num_negatives: int, num_examples: int):
-    """[B, K+1] bank rows: uniform over the N real rows (with replacement, as the alias sampler
-    with equal weights), column 0 = the example's own row."""
-    idx = jax.random.randint(rng, (index.shape[0], num_negatives + 1), 0, num_examples)
-    return idx.at[:, 0].set(index)
-
-
-def nce_loss(out, num_examples: int):
-    """NCECriterion on P = exp(v.w/T)/Z [B, K+1] (column 0 the positive): noise Pn = 1/N."""
-    B, K = out.shape[0], out.shape[1] - 1
-    kpn = K / num_examples
-    ln_pmt = jnp.log(out[:, 0] / (out[:, 0] + kpn + EPS))                 # [B]
-    ln_pon = jnp.log(kpn / (out[:, 1:] + kpn + EPS))                      # [B, K]
-    return -(jnp.sum(ln_pmt) + jnp.sum(ln_pon)) / B
-
-
-def update_bank(bank, index, positive, v, momentum: float, mesh=None):
-    """bank[index] <- normalise(m * positive + (1 - m) * v); `positive` [B, D] are the rows as
-    read before this step. An index repeated in one batch (an epoch boundary) keeps its last
-    occurrence, so every topology writes the same rows."""
-    new = losses.l2_normalize(momentum * positive + (1.0 - momentum) * v)   # [B, D]
-    later = jnp.triu(index[:, None] == index[None, :], k=1).any(axis=1)     # [B] seen again
-    target = jnp.where(later, -1, index)                                     # -1: not written
-
-    def write(bank, target, new):           # on one shard of rows [n_l, D]
-        n_l = bank.shape[0]
-        r = target - _offset(bank, mesh)
-        r = jnp.where((target >= 0) & (r >= 0) & (r < n_l), r, n_l)          # n_l: dropped
-        return bank.at[r].set(new.astype(bank.dtype), mode="drop")
-
-    return _on_shards(write, mesh, P("data", None))(bank, target, new)
-
-
-# ----------------------------------------------------------------------------- sharded bank
-# With the bank's rows sharded over "data", every read and write below runs on each device's
-# own rows and sums the [B, ...] results (psum), so no device ever holds the whole bank (a
-# plain `bank[rows]` makes XLA all-gather it: +626 MiB per device for ImageNet).
-
-def _sharded(mesh) -> bool:
-    return mesh is not None and int(mesh.shape.get("data", 1)) > 1
-
-
-def _offset(bank_shard, mesh):
-    """The global row of this shard's first row."""
-    if not _sharded(mesh):
-        return 0
-    return jax.lax.axis_index("data") * bank_shard.shape[0]
-
-
-def _on_shards(fn, mesh, out_spec):
-    """fn(bank_shard, *replicated args) on every shard of the bank's rows (or on the whole bank
-    without a sharded mesh)."""
-    if not _sharded(mesh):
-        return fn
-    return lambda bank, *args: jax.shard_map(
-        fn, mesh=mesh, in_specs=(P("data", None),) + (P(),) * len(args),
-        out_specs=out_spec)(bank, *args)
-
-
-def read_rows(bank, index, mesh=None):
-    """bank[index] [B, D]: each shard contributes the rows it holds."""
-    def read(bank, index):
-        n_l = bank.shape[0]
-        r = index - _offset(bank, mesh)
-        ok = (r >= 0) & (r < n_l)
-        rows = jnp.where(ok[:, None], bank[jnp.clip(r, 0, n_l - 1)], 0.0)
-        return jax.lax.psum(rows, "data") if _sharded(mesh) else rows
-    return _on_shards(read, mesh, P())(bank, index)
-
-
-def row_logits(bank, rows, v, mesh=None):
-    """v_b . bank[rows[b, k]] [B, K+1]. Sharded: each shard scores the whole batch against its
-    rows (v @ shard^T, [B, N / devices]) and picks the drawn ones, instead of gathering
-    [B, K+1, D] rows of a bank it does not hold."""
-    if not _sharded(mesh):
-        return jnp.einsum("bkd,bd->bk", bank[rows], v)                  # [B, K+1]
-
-    def score(bank, rows, v):
-        n_l = bank.shape[0]
-        r = rows - _offset(bank, mesh)
-        ok = (r >= 0) & (r < n_l)
-        s = v @ bank.T                                                   # [B, n_l]
-        picked = jnp.take_along_axis(s, jnp.clip(r, 0, n_l - 1), axis=1)  # [B, K+1]
-        return jax.lax.psum(jnp.where(ok, picked, 0.0), "data")
-    return _on_shards(score, mesh, P())(bank, rows, v)
 
 
 class InstDisc(Method):
@@ -207,9 +104,8 @@ def objective(v, method_state: dict, index, rng, s, T: float, n: int, mesh=None)
         logits = jnp.where(real[None, :], logits, -1e30)
     metrics = {}
     if s.loss == "nce":
-        e = jnp.exp(logits)                                                # [B, K+1]
-        z = jnp.where(ms["nce_z"] < 0, jax.lax.stop_gradient(jnp.mean(e)) * n, ms["nce_z"])
-        loss = nce_loss(e / z, n)
+        out, z = nce_probs(logits, ms["nce_z"], n)                         # [B, K+1], []
+        loss = nce_loss(out, n)
         ms["nce_z"] = metrics["nce_z"] = z
     else:
         labels = jnp.zeros_like(index) if s.num_negatives > 0 else index

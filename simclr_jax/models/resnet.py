@@ -278,6 +278,8 @@ class ResNet(nn.Module):
     zero_init_residual: bool = True
     conv_padding: str = "torch"
     norm: str = "batch"
+    stem_width: Optional[int] = None   # stem conv channels; None = 64 x width (a ResNet
+                                       # whose stem stays at 64 at every width sets 64)
 
     def __post_init__(self):
         check_config(self.depth, self.stem, self.width_multiplier, self.sk_ratio, self.shortcut,
@@ -303,9 +305,10 @@ class ResNet(nn.Module):
         ura = not train
         w = self.width_multiplier
         x = x.astype(self.dtype)                                            # [B, H, W, 3]
+        stem_width = self.stem_width or scaled(64, w)
 
         if self.stem == "cifar":
-            x = c(scaled(64, w), 3, 1, name="stem_conv")(x)
+            x = c(stem_width, 3, 1, name="stem_conv")(x)
             x = nn.relu(bn(name="stem_bn")(x, use_running_average=ura))    # [B, H, W, 64w]
         else:
             if self.sk_ratio > 0:   # ResNet-D stem: 3x3/2 (32w) -> 3x3 (32w) -> 3x3 (64w)
@@ -315,7 +318,7 @@ class ResNet(nn.Module):
                     x = nn.relu(bn(name=f"stem_bn{i}")(x, use_running_average=ura))
                 x = c(scaled(64, w), 3, 1, name="stem_conv")(x)
             else:
-                x = c(scaled(64, w), 7, 2, name="stem_conv")(x)
+                x = c(stem_width, 7, 2, name="stem_conv")(x)
             x = nn.relu(bn(name="stem_bn")(x, use_running_average=ura))    # [B, H/2, W/2, 64w]
             x = stem_max_pool(x, self.stem_pool_padding)                    # [B, H/4, W/4, 64w]
 
