@@ -42,10 +42,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_steps = config_dict.placeholder(int)
     c.warmup_epochs = 10.0
     c.lr_schedule = "cosine"               # "cosine" | "step" | "constant" | "cosine_per_epoch"
-                                           # | "cosine_per_epoch_from_1" (optim.make_lr_schedule)
+                                           # | "cosine_per_epoch_from_1" |
+                                           # "linspace_warmup_cosine" (optim.make_lr_schedule)
     c.lr_boundaries_epochs = ()            # for "step": epochs where the LR is multiplied by 0.1
     c.lr_boundary_factors = ()             # for "step", optional: LR = peak x factors[i] from
                                            # boundary i on (one per boundary, not cumulative)
+    c.min_lr = 0.0                         # "linspace_warmup_cosine": the LR the cosine ends at
+                                           # (absolute, not scaled with the batch)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "lars"              # "lars" | "sgd" | "adamw"
@@ -62,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.lars_lr = "before_momentum"  # LARS: "before_momentum" (SimCLR, optax) |
                                              # "after_momentum" (BYOL, MoCo v3)
     c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+    c.optimizer.grad_clip_per_param = config_dict.placeholder(float)  # each tensor's own norm
+    c.optimizer.weight_decay_end = config_dict.placeholder(float)  # adamw/sgd: cosine from
+                                           # weight_decay to this over the run (None: constant)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet"

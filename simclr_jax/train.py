@@ -47,7 +47,8 @@ def make_schedules(config, num_train_examples: int):
                                       total_steps=total_steps, warmup_steps=warmup_steps,
                                       boundaries=tuple(config.get("lr_boundaries_epochs") or ()),
                                       factors=tuple(config.get("lr_boundary_factors") or ()),
-                                      steps_per_epoch=steps_per_epoch)
+                                      steps_per_epoch=steps_per_epoch,
+                                      min_lr=float(config.get("min_lr", 0.0) or 0.0))
     return total_steps, warmup_steps, schedule
 
 
@@ -70,7 +71,8 @@ def make_optimizer(config, method, lr_schedule, ctx: Context):
     # keeps the layout of checkpoints written before parameter groups.
     return optim.make_optimizer(config.optimizer, lr_schedule,
                                 frozen_mask=lambda p: jax.tree.map(lambda _: False, p),
-                                groups=method.param_groups(config, ctx), peak_lr=peak_lr)
+                                groups=method.param_groups(config, ctx), peak_lr=peak_lr,
+                                total_steps=ctx.total_steps)
 
 
 # ----------------------------------------------------------------------------- state
