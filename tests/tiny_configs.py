@@ -36,12 +36,20 @@ def tiny(method_file="quickstart.py", preset=None, **kw):
     return shrink(load_config(method_file, preset), **kw)
 
 
-def random_batch(B, S, seed=0, num_views=2):
-    """A pretraining batch of uniform noise: [B, S, S, 3] views, labels in [0, 10) and each
-    example's index in a training split of 1000."""
+def random_batch(B, S, seed=0, num_views=2, sizes=None):
+    """A pretraining batch of uniform noise: [B, S, S, 3] views (or [B, S_v, S_v, 3] with
+    `sizes`, one per view: multi-crop), labels in [0, 10) and each example's index in a training
+    split of 1000."""
     rng = np.random.default_rng(seed)
-    batch = {f"view{v + 1}": rng.uniform(size=(B, S, S, 3)).astype(np.float32)
-             for v in range(num_views)}
+    sizes = list(sizes) if sizes else [S] * num_views
+    batch = {f"view{v + 1}": rng.uniform(size=(B, s, s, 3)).astype(np.float32)
+             for v, s in enumerate(sizes)}
     batch["label"] = rng.integers(0, 10, size=(B,)).astype(np.int32)
     batch["index"] = rng.permutation(1000)[:B].astype(np.int32)
     return batch
+
+
+def view_sizes(config) -> list:
+    """Each configured view's image size (its own, or the dataset's)."""
+    return [config.aug[v].get("image_size") or config.dataset.image_size
+            for v in views_of(config)]
