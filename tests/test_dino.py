@@ -160,6 +160,7 @@ def test_vit_small_preset_is_the_readme_boost_command():
         0.9, 0.999, 1e-8, False, 3.0)
     assert o.grad_clip_norm is None
     assert (c.lr_schedule, c.min_lr, c.warmup_epochs) == ("linspace_warmup_cosine", 1e-6, 10)
+    assert (c.eval.knn_k, c.eval.knn_temperature) == (20, 0.07)   # eval_knn.py, 20-NN
     check_multi_crop(c, (0.4, 1.0), (0.05, 0.4))
 
 
@@ -215,6 +216,7 @@ def test_cifar10_preset_is_solo_learns_recipe():
     c = load_config("dino.py", "cifar10")
     assert (c.model.depth, c.model.stem, c.dataset.name, c.dataset.image_size) == (
         18, "cifar", "cifar10", 32)
+    assert (c.model.conv_init, c.model.zero_init_residual) == ("torchvision", False)
     assert (c.dino.hidden_dim, c.dino.bottleneck_dim, c.dino.out_dim) == (2048, 256, 4096)
     assert (c.dino.teacher_temp, c.dino.warmup_teacher_temp_epochs) == (0.07, 0)
     assert c.dino.norm_last_layer and c.dino.freeze_last_layer == 1.0
@@ -224,6 +226,7 @@ def test_cifar10_preset_is_solo_learns_recipe():
         "lars", 0.3, "none", 0.02, 1e-6)
     assert o.lars_lr == "after_momentum" and o.grad_clip_per_param is None
     assert c.batch_size == 256 and c.num_epochs == 1000 and c.warmup_epochs == 10
+    assert c.probe.lr_multiplier * o.base_lr == pytest.approx(0.1)   # classifier_lr
     v1, v2 = c.aug.view1, c.aug.view2
     assert len(views_of(c)) == 2 and (v1.crop_area_min, v1.normalize) == (0.08, "cifar10")
     assert (v1.blur_prob, v1.solarize_prob, v2.blur_prob, v2.solarize_prob) == (0, 0, 0, 0.2)

@@ -171,8 +171,8 @@ def teacher_variables(arrays: dict) -> dict:
 
 class DINO(Method):
     num_views = (NUM_GLOBAL_CROPS, 64)
-    state_config_keys = ("dino.", "ema.")   # head sizes shape the state; the frozen last
-                                            # layer the optimizer state's layout
+    state_config_keys = ("dino.",)   # out_dim shapes the centre; freeze_last_layer > 0 the
+                                     # optimizer state's layout
 
     def config_section(self):
         s = ml_collections.ConfigDict()
@@ -190,8 +190,11 @@ class DINO(Method):
         return "dino", s
 
     def runlocal(self, c) -> None:
-        """A 256-way head (not 65536) and local crops at half the global size."""
-        c.dino.out_dim, c.dino.hidden_dim, c.dino.bottleneck_dim = 256, 32, 16
+        """A 256-way last layer (not 65536) and local crops at half the global size. The MLP
+        keeps its widths: with N(0, 0.02) kernels a narrow MLP shrinks its output by about
+        sqrt(width) per layer, and the L2 normalisation then turns that into huge gradients
+        (the runlocal ResNet diverged at hidden 32 / bottleneck 16)."""
+        c.dino.out_dim = 256
         global_size = c.aug.view1.get("image_size") or c.dataset.image_size
         for name in views_of(c)[NUM_GLOBAL_CROPS:]:
             c.aug[name].image_size = max(global_size // 2, 8)
