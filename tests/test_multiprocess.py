@@ -263,16 +263,17 @@ def test_export_two_processes_one_writer(simclr_runs):
 
 def test_every_method_pretraining_two_processes_equal_one(tmp_path):
     """MoCo v2 (queue + shuffle BN), MoCo v3 and BYOL (momentum targets), SimSiam (a fixed-LR
-    parameter group), InvaSpread (in-batch negatives of the global batch) and InstDisc (a
+    parameter group), InvaSpread (in-batch negatives of the global batch), InstDisc (a
     memory bank of the training split, its rows sharded over the 4 devices, read and written by
-    example index): the same losses and parameters (target networks, the queue and the bank
-    included) on 2 x 2 as on 1 x 4."""
+    example index) and DINO (a centre over the global batch, a frozen parameter group): the
+    same losses and parameters (target networks, the queue, the bank and the centre included)
+    on 2 x 2 as on 1 x 4."""
     # InvaSpread at a tenth of its preset's LR: at 0.03 this tiny net is chaotic. On an
     # AVX512-FP16 Xeon, step-2 losses agreed to 5e-7 but step-2 gradient norms differed by 0.2%
     # and step-3 losses by 0.4% (rounding alone); at 0.003 every step agrees to 2e-6.
     methods = {"moco_v2.py+cifar10": {}, "moco_v3.py+cifar10": {}, "byol.py+cifar10": {},
                "simsiam.py+cifar10": {}, "invaspread.py+cifar10": {"optimizer.base_lr": 0.003},
-               "instdisc.py+cifar10": {}}
+               "instdisc.py+cifar10": {}, "dino.py+cifar10": {}}
     no_knn = {"dataset.knn_train_split": ""}
     times = {}
     for arg, overrides in methods.items():
