@@ -242,7 +242,7 @@ def test_presets_not_stepped_in_test_presets_validate_shrunk(preset):
 
 def test_runlocal_shrinks_the_head_and_the_local_crops():
     c = load_config("dino.py", "vit_small,runlocal")
-    assert (c.dino.out_dim, c.dataset.image_size) == (256, 16)
+    assert (c.dino.out_dim, c.dino.bottleneck_dim, c.dataset.image_size) == (4096, 256, 16)
     assert [c.aug[v].image_size for v in views_of(c)] == [None, None] + [8] * 8
     assert c.model.num_heads is None and c.model.variant == "tiny_test"
 

@@ -190,11 +190,13 @@ class DINO(Method):
         return "dino", s
 
     def runlocal(self, c) -> None:
-        """A 256-way last layer (not 65536) and local crops at half the global size. The MLP
+        """A 4096-way last layer (not 65536) and local crops at half the global size. The MLP
         keeps its widths: with N(0, 0.02) kernels a narrow MLP shrinks its output by about
         sqrt(width) per layer, and the L2 normalisation then turns that into huge gradients
-        (the runlocal ResNet diverged at hidden 32 / bottleneck 16)."""
-        c.dino.out_dim = 256
+        (the runlocal ResNet diverged at hidden 32 / bottleneck 16). out_dim stays well above
+        the bottleneck: at out_dim = bottleneck = 256 one bottleneck direction gives every
+        output the same logit, and the runs collapsed onto it (loss = log K exactly)."""
+        c.dino.out_dim = min(c.dino.out_dim, 4096)
         global_size = c.aug.view1.get("image_size") or c.dataset.image_size
         for name in views_of(c)[NUM_GLOBAL_CROPS:]:
             c.aug[name].image_size = max(global_size // 2, 8)
