@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.lars_lr = "before_momentum"  # LARS: "before_momentum" (SimCLR, optax) |
                                              # "after_momentum" (BYOL, MoCo v3)
     c.optimizer.grad_clip_norm = config_dict.placeholder(float)
+    c.optimizer.grad_clip_per_param = config_dict.placeholder(float)  # each tensor's own norm
+    c.optimizer.weight_decay_end = config_dict.placeholder(float)  # adamw/sgd: cosine from
+                                           # weight_decay to this over the run (None: constant)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet"

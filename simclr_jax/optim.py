@@ -158,20 +158,28 @@ def cosine_per_epoch_schedule(peak_lr: float, total_steps: int, steps_per_epoch:
     return schedule
 
 
-def linspace_warmup_cosine_schedule(peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                                    warmup_start: float = 0.0, final: float = 0.0) -> Schedule:
-    """The numpy schedules that index an array by iteration: warmup = np.linspace(warmup_start,
-    peak, w) (the peak reached AT step w - 1), then final + (peak - final) * (1 + cos(pi t /
-    (T - w))) / 2 for t = step - w; `final` after step T."""
+def linspace_warmup_cosine_schedule(base_value: float, final_value: float, total_steps: int,
+                                    warmup_steps: int = 0,
+                                    start_warmup_value: float = 0.0) -> Schedule:
+    """The per-step array schedule many PyTorch recipes precompute with numpy (DINO's and
+    iBOT's `utils.cosine_scheduler`), as a function of the step:
+
+      t < W:  np.linspace(start, base, W)[t] = start + (base - start) * t / (W - 1)
+              (it reaches `base` at step W - 1, not W; W = 1 gives `start`)
+      t >= W: final + (base - final) * (1 + cos(pi * (t - W) / (T - W))) / 2
+
+    Steps past the array's end (t >= T) keep its last value. Used for LRs (to a minimum LR),
+    weight-decay schedules (base < final) and EMA momenta alike.
+    """
     _check_lengths(total_steps, warmup_steps)
-    decay = total_steps - warmup_steps
+    w, n = int(warmup_steps), int(total_steps) - int(warmup_steps)
 
     def schedule(step):
-        t = jnp.asarray(step, jnp.float32)
-        ramp = warmup_start + (peak_lr - warmup_start) * t / max(warmup_steps - 1, 1)
-        c = jnp.minimum(t - warmup_steps, decay) / decay
-        cosine = final + 0.5 * (peak_lr - final) * (1.0 + jnp.cos(jnp.pi * c))
-        return jnp.where(t < warmup_steps, ramp, cosine)
+        t = jnp.minimum(jnp.asarray(step, jnp.float32), total_steps - 1)
+        warm = start_warmup_value + (base_value - start_warmup_value) * t / max(w - 1, 1)
+        cosine = final_value + 0.5 * (base_value - final_value) * (
+            1.0 + jnp.cos(jnp.pi * (t - w) / n))
+        return jnp.where(t < w, warm, cosine).astype(jnp.float32)
 
     return schedule
 
@@ -181,8 +189,9 @@ def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_step
                      factor: float = 0.1, factors: Sequence[float] = (),
                      warmup_start: float = 0.0, final: float = 0.0) -> Schedule:
     """Schedule by name: "cosine" | "step" | "constant" | "cosine_per_epoch" (MoCo) |
-    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab) | "linspace_warmup_cosine" (from
-    `warmup_start` to `final`, absolute LRs).
+    "cosine_per_epoch_from_1" (the MoCo CIFAR-10 colab) | "linspace_warmup_cosine" (numpy's
+    linspace warmup from `warmup_start`, then a cosine to `final`, absolute LRs:
+    `linspace_warmup_cosine_schedule`).
 
     For "step", `boundaries` are epochs when steps_per_epoch is given (rounded to the nearest
     step), otherwise absolute steps; `factors` (one per boundary) replace x`factor` at each.
@@ -193,8 +202,8 @@ def make_lr_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_step
         return cosine_per_epoch_schedule(peak_lr, total_steps, steps_per_epoch, warmup_steps,
                                          first_epoch=int(name.endswith("from_1")))
     if name == "linspace_warmup_cosine":
-        return linspace_warmup_cosine_schedule(peak_lr, total_steps, warmup_steps, warmup_start,
-                                               final)
+        return linspace_warmup_cosine_schedule(peak_lr, final, total_steps, warmup_steps,
+                                               start_warmup_value=warmup_start)
     if name == "constant":
         _check_lengths(total_steps, warmup_steps)
         return constant_schedule(peak_lr, warmup_steps)
@@ -353,29 +362,94 @@ def freeze_until(inner: optax.GradientTransformation, step: int) -> optax.Gradie
     return optax.GradientTransformation(init, update)
 
 
-def _base_optimizer(opt_cfg, learning_rate, mask) -> optax.GradientTransformation:
-    """The configured optimizer (no clipping, no groups) at `learning_rate`."""
+def add_scheduled_decayed_weights(schedule: Schedule, mask=None
+                                  ) -> optax.GradientTransformation:
+    """g + wd(k) * w at the transformation's k-th update (k from 0): a weight decay that follows
+    a schedule, e.g. a cosine from 0.04 to 0.4 (PyTorch recipes that set each param group's
+    `weight_decay` before every step). Only where `mask` is True (all leaves when None)."""
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("add_scheduled_decayed_weights needs the parameters")
+        wd = schedule(state.count)
+        updates = jax.tree.map(lambda g, p: g + wd * p, updates, params)
+        return updates, optax.ScaleByScheduleState(
+            count=optax.safe_int32_increment(state.count))
+
+    tx = optax.GradientTransformation(init, update)
+    return optax.masked(tx, mask) if mask is not None else tx
+
+
+def clip_each_by_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
+    """Clip every parameter's gradient to norm `max_norm` on its own (not the global norm):
+    g <- g * c where c = max_norm / (||g|| + eps) < 1, else g unchanged; the norm is over the
+    whole tensor. PyTorch recipes that loop over named_parameters (DINO's and iBOT's
+    `utils.clip_gradients`) do exactly this."""
+    def update(updates, state, params=None):
+        del params
+
+        def clip(g):
+            coef = max_norm / (jnp.sqrt(jnp.sum(jnp.square(g))) + eps)
+            return jnp.where(coef < 1.0, g * coef.astype(g.dtype), g)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _base_optimizer(opt_cfg, learning_rate, mask, weight_decay=None
+                    ) -> optax.GradientTransformation:
+    """The configured optimizer (no clipping, no groups) at `learning_rate`; `weight_decay`
+    (a float or a schedule of this optimizer's update count) replaces optimizer.weight_decay."""
     get = opt_cfg.get
     name = get("name")
-    wd = float(get("weight_decay", 0.0) or 0.0)
+    wd = float(get("weight_decay", 0.0) or 0.0) if weight_decay is None else weight_decay
     momentum = get("momentum", 0.9)
     nesterov = bool(get("nesterov", False))
+    scheduled = callable(wd)
     if name == "lars":
+        if scheduled:
+            raise UserError("optimizer.weight_decay_end (a weight-decay schedule) is supported "
+                            "with optimizer.name adamw or sgd, not lars.")
         return lars(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
                     momentum=momentum, nesterov=nesterov,
                     lr_order=get("lars_lr", "before_momentum"))
     if name == "larc":
         return larc(learning_rate, wd, mask, trust_coefficient=get("trust_coefficient", 1e-3),
                     momentum=momentum)
+    decay_mask = None if get("decay_all", True) else mask
     if name == "sgd":
-        decay_mask = None if get("decay_all", True) else mask
-        return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
+        decay = (add_scheduled_decayed_weights(wd, decay_mask) if scheduled
+                 else optax.add_decayed_weights(wd, mask=decay_mask))
+        return optax.chain(decay,
                            optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
     if name == "adamw":
+        if scheduled:   # optax.adamw's chain with the scheduled decay in place of the constant
+            return optax.chain(
+                optax.scale_by_adam(b1=get("b1", 0.9), b2=get("b2", 0.999), eps=get("eps", 1e-8)),
+                add_scheduled_decayed_weights(wd, decay_mask),
+                optax.scale_by_learning_rate(learning_rate))
         return optax.adamw(learning_rate, b1=get("b1", 0.9), b2=get("b2", 0.999),
-                           eps=get("eps", 1e-8), weight_decay=wd,
-                           mask=None if get("decay_all", True) else mask)
+                           eps=get("eps", 1e-8), weight_decay=wd, mask=decay_mask)
     raise UserError(f"unknown optimizer.name {name!r}; use one of {OPTIMIZERS}.")
+
+
+def weight_decay_schedule(opt_cfg, total_steps: int | None):
+    """optimizer.weight_decay as a float, or, with optimizer.weight_decay_end set (and
+    different), the cosine from weight_decay to weight_decay_end over the run's steps
+    (`linspace_warmup_cosine_schedule` without warmup)."""
+    wd = float(opt_cfg.get("weight_decay", 0.0) or 0.0)
+    end = opt_cfg.get("weight_decay_end", None)
+    if end is None or float(end) == wd:
+        return wd
+    if end < 0:
+        raise UserError(f"optimizer.weight_decay_end must be >= 0, got {end}.")
+    if not total_steps:
+        raise ValueError("a weight-decay schedule needs total_steps")
+    return linspace_warmup_cosine_schedule(wd, float(end), int(total_steps))
 
 
 def _scaled(learning_rate, multiplier: float, shift: int = 0, fixed: float | None = None):
@@ -388,8 +462,8 @@ def _scaled(learning_rate, multiplier: float, shift: int = 0, fixed: float | Non
 
 
 def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier: float = 1.0,
-                   groups: Sequence = (), peak_lr: float | None = None
-                   ) -> optax.GradientTransformation:
+                   groups: Sequence = (), peak_lr: float | None = None,
+                   total_steps: int | None = None) -> optax.GradientTransformation:
     """optax optimizer from opt_cfg (fields: name, weight_decay, momentum, nesterov,
     trust_coefficient, b1, b2, eps, decay_all, grad_clip_norm; optional ones via .get).
 
@@ -405,6 +479,11 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier
     "adamw": optax.adamw with decoupled weight decay on every parameter (decay_all=True, as
       MoCo v3's ViT reference does with torch AdamW) or on masked parameters only.
     grad_clip_norm (optional): clip the global gradient norm first.
+    grad_clip_per_param (optional): clip each parameter's gradient norm on its own first
+      (`clip_each_by_norm`).
+    weight_decay_end (optional, adamw / sgd): the weight decay follows a cosine from
+      weight_decay to this value over `total_steps` (`weight_decay_schedule`); a group frozen
+      until a step resumes it at the global step, as its LR.
     groups: `methods.ParamGroup`s. weight_decay=False leaves a group out of weight decay and
       LARS' trust ratio; lr_multiplier scales its updates (every optimizer here is linear in
       the LR, momentum traces included, so that is exactly training it at multiplier x the
@@ -438,7 +517,8 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier
     clip = get("grad_clip_norm", None)
     if clip is not None and clip <= 0:
         raise UserError(f"optimizer.grad_clip_norm must be > 0 (or unset), got {clip}.")
-    tx = _base_optimizer(opt_cfg, learning_rate, mask)
+    wd_of = weight_decay_schedule(opt_cfg, total_steps)
+    tx = _base_optimizer(opt_cfg, learning_rate, mask, wd_of)
     if clip is not None and not own:   # (the state layout of checkpoints before param groups)
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     for g in shared:
@@ -453,7 +533,7 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier
             start = g.frozen_until_step
             lr = _scaled(learning_rate, g.lr_multiplier, shift=start,
                          fixed=peak_lr if g.fixed_lr else None)
-            inner = _base_optimizer(opt_cfg, lr, mask)
+            inner = _base_optimizer(opt_cfg, lr, mask, _scaled(wd_of, 1.0, shift=start))
             transforms[f"group{i}"] = freeze_until(inner, start) if start > 0 else inner
 
         def labels(params):
@@ -479,4 +559,10 @@ def make_optimizer(opt_cfg, learning_rate, frozen_mask=None, probe_lr_multiplier
             *[group_mask(p, f) for f in frozen])
     if frozen_mask is not None:
         tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen_mask))
+    per_param = get("grad_clip_per_param", None)
+    if per_param is not None:
+        if per_param <= 0:
+            raise UserError(f"optimizer.grad_clip_per_param must be > 0 (or unset), got "
+                            f"{per_param}.")
+        tx = optax.chain(clip_each_by_norm(float(per_param)), tx)
     return tx

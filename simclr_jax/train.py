@@ -72,7 +72,8 @@ def make_optimizer(config, method, lr_schedule, ctx: Context):
     # keeps the layout of checkpoints written before parameter groups.
     return optim.make_optimizer(config.optimizer, lr_schedule,
                                 frozen_mask=lambda p: jax.tree.map(lambda _: False, p),
-                                groups=method.param_groups(config, ctx), peak_lr=peak_lr)
+                                groups=method.param_groups(config, ctx), peak_lr=peak_lr,
+                                total_steps=ctx.total_steps)
 
 
 # ----------------------------------------------------------------------------- state

@@ -352,3 +352,109 @@ def test_frozen_mask_gives_zero_updates_even_with_weight_decay():
             np.testing.assert_array_equal(got[key], before[key])
         else:
             assert not np.allclose(got[key], before[key]), key
+
+
+# ----------------------------------------------------------------------------- numpy-array
+# schedules, a weight-decay schedule, per-tensor clipping (PyTorch recipes such as DINO's)
+
+def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
+                     start_warmup_value=0):
+    """facebookresearch/dino utils.cosine_scheduler, verbatim in numpy."""
+    warmup_schedule = np.array([])
+    warmup_iters = warmup_epochs * niter_per_ep
+    if warmup_epochs > 0:
+        warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    schedule = final_value + 0.5 * (base_value - final_value) * (
+        1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate((warmup_schedule, schedule))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+
+@pytest.mark.parametrize("base,final,epochs,niter,warmup", [
+    (0.002, 1e-6, 12, 7, 3),      # an LR: linspace warmup, cosine to min_lr
+    (0.04, 0.4, 5, 9, 0),         # a weight decay rising 0.04 -> 0.4
+    (0.996, 1.0, 4, 5, 0),        # an EMA momentum
+    (0.5, 0.0, 3, 4, 1)])
+def test_linspace_warmup_cosine_equals_the_numpy_array(base, final, epochs, niter, warmup):
+    want = cosine_scheduler(base, final, epochs, niter, warmup_epochs=warmup)
+    sched = optim.linspace_warmup_cosine_schedule(base, final, epochs * niter, warmup * niter)
+    got = _values(sched, range(epochs * niter))
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-9)
+    assert float(sched(epochs * niter + 5)) == pytest.approx(want[-1], rel=2e-5)  # held after
+    via = optim.make_lr_schedule("linspace_warmup_cosine", peak_lr=base, final=final,
+                                 total_steps=epochs * niter, warmup_steps=warmup * niter)
+    np.testing.assert_allclose(_values(via, range(epochs * niter)), want, rtol=2e-6, atol=1e-9)
+
+
+def torch_adamw_param_groups(params, grads_seq, lr, wd, regularized, frozen_until, clip,
+                             b1=0.9, b2=0.999, eps=1e-8):
+    """main_dino.py's loop in numpy: utils.clip_gradients (each tensor's own norm), then
+    cancel_gradients_last_layer (grad None -> torch AdamW skips the tensor: no update, no decay,
+    its step count and moments wait), then AdamW with lr[it] on every group and wd[it] on the
+    regularized one (the other has weight_decay 0)."""
+    p = {k: v.astype(np.float64).copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    count = {k: 0 for k in p}
+    for it, grads in enumerate(grads_seq):
+        for k in p:
+            g = grads[k].astype(np.float64)
+            coef = clip / (np.linalg.norm(g.ravel()) + 1e-6)
+            if coef < 1:
+                g = g * coef
+            if it < frozen_until.get(k, 0):
+                continue
+            count[k] += 1
+            p[k] *= 1 - lr[it] * (wd[it] if regularized[k] else 0.0)
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v2[k] = b2 * v2[k] + (1 - b2) * g * g
+            denom = np.sqrt(v2[k]) / np.sqrt(1 - b2 ** count[k]) + eps
+            p[k] -= lr[it] / (1 - b1 ** count[k]) * m[k] / denom
+    return p
+
+
+def test_adamw_with_a_weight_decay_schedule_per_tensor_clipping_and_a_frozen_group():
+    """The three together as main_dino.py applies them: the frozen group restarts at the
+    global step's LR and weight decay with a fresh Adam state."""
+    from simclr_jax.methods import ParamGroup
+    rng = np.random.default_rng(0)
+    shapes = {"w": (3, 4), "b": (4,), "last": (4, 5)}
+    params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    grads_seq = [{k: (rng.normal(size=s) * rng.choice([0.1, 10.0])).astype(np.float32)
+                  for k, s in shapes.items()} for _ in range(8)]
+    total, frozen = 8, 3
+    lr = cosine_scheduler(0.01, 1e-4, 4, 2, warmup_epochs=1)
+    wd = cosine_scheduler(0.04, 0.4, 4, 2)
+    cfg = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.04, weight_decay_end=0.4,
+                                         decay_all=False, grad_clip_per_param=3.0))
+    tx = optim.make_optimizer(cfg, optim.linspace_warmup_cosine_schedule(0.01, 1e-4, total, 2),
+                              groups=(ParamGroup(("last",), frozen_until_step=frozen),),
+                              total_steps=total)
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    state = tx.init(p)
+    for it, g in enumerate(grads_seq):
+        u, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, p)
+        p = optax.apply_updates(p, u)
+        if it < frozen:
+            np.testing.assert_array_equal(np.asarray(p["last"]), params["last"])
+    want = torch_adamw_param_groups(params, grads_seq, lr, wd,
+                                    {"w": True, "b": False, "last": True}, {"last": frozen}, 3.0)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(p[k]), want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_per_tensor_clipping_clips_each_tensor_not_the_global_norm():
+    tx = optim.clip_each_by_norm(1.0)
+    g = {"small": jnp.full((4,), 0.1), "big": jnp.full((4,), 10.0)}     # norms 0.2 and 20
+    out, _ = tx.update(g, tx.init(g))
+    np.testing.assert_array_equal(np.asarray(out["small"]), np.asarray(g["small"]))
+    assert float(jnp.linalg.norm(out["big"])) == pytest.approx(1.0 * 20 / (20 + 1e-6), rel=1e-6)
+
+
+def test_weight_decay_schedule_needs_adamw_or_sgd():
+    from simclr_jax.errors import UserError
+    cfg = ml_collections.ConfigDict(dict(name="lars", weight_decay=0.04, weight_decay_end=0.4))
+    with pytest.raises(UserError, match="weight_decay_end"):
+        optim.make_optimizer(cfg, 0.1, total_steps=10)

@@ -27,7 +27,8 @@ def assert_trees_equal(a, b, rtol=1e-6, atol=1e-7):
 # kill -9 at random moments in tests/test_reliability.py.
 @pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10"),   # queue + EMA + shuffle BN
                                          ("simsiam.py", "cifar10"),   # fixed-LR param group
-                                         ("invaspread.py", "cifar10")])
+                                         ("invaspread.py", "cifar10"),
+                                         ("dino.py", "cifar10")])     # centre, frozen layer
 def test_resume_reaches_the_same_state(tmp_path, file, preset):
     config = tiny(file, preset, batch_size=16, image_size=16, steps=4)
     config.profile_first_step, config.profile_num_steps = 1, 1   # profiling changes nothing

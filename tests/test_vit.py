@@ -292,3 +292,42 @@ def test_adamw_with_mask_keeps_patch_embed_bit_identical():
     unmasked = run_adamw(grad_fn, params0, adamw)
     assert not np.array_equal(np.asarray(params0["patch_embed"]["kernel"]),
                               np.asarray(unmasked["patch_embed"]["kernel"]))
+
+
+# ----------------------------------------------------------------------------- stochastic depth
+
+def test_drop_path_is_the_identity_at_rate_0_in_eval_mode_and_without_a_dropout_rng():
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 16, 16, 3)), jnp.float32)
+    plain = vit.vit_tiny_test()
+    variables = plain.init(jax.random.PRNGKey(0), x)
+    ref = plain.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    dropping = vit.vit_tiny_test(drop_path_rate=0.5)        # same parameters (none added)
+    rngs = {"dropout": jax.random.PRNGKey(1)}
+    np.testing.assert_array_equal(dropping.apply(variables, x, train=False, rngs=rngs), ref)
+    np.testing.assert_array_equal(dropping.apply(variables, x, train=True), ref)  # no RNG
+    trained = np.asarray(dropping.apply(variables, x, train=True, rngs=rngs))
+    assert not np.allclose(trained, ref, atol=1e-4)
+
+
+def test_drop_path_drops_whole_examples_with_the_rate_and_rescales_the_kept():
+    """timm's / DINO's drop_path: x / keep_prob or 0, one draw per example."""
+    import flax.linen as nn
+
+    class Branch(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return vit.drop_path(self, x, 0.25, train=True)
+
+    x = jnp.ones((4000, 3, 2))
+    y = np.asarray(Branch().apply({}, x, rngs={"dropout": jax.random.PRNGKey(0)}))
+    per_example = y.reshape(4000, -1)
+    assert np.all((per_example == 0).all(1) | np.isclose(per_example, 1 / 0.75).all(1))
+    assert (per_example[:, 0] == 0).mean() == pytest.approx(0.25, abs=0.03)
+
+
+def test_learned_position_embedding_applies_at_another_grid_than_at_init():
+    """Multi-crop: a learned pos_embed made at the 16 px grid, applied to 8 px crops."""
+    model = vit.vit_tiny_test(pos_embed="learned")
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 3)))
+    assert variables["params"]["pos_embed"].shape == (1, 1 + 16, 32)
+    assert model.apply(variables, jnp.zeros((2, 8, 8, 3))).shape == (2, 32)

@@ -38,10 +38,11 @@ def tiny(method_file="quickstart.py", preset=None, **kw):
 
 
 def random_batch(B, S, seed=0, num_views=2, sizes=None):
-    """A pretraining batch of uniform noise: [B, S, S, 3] views, labels in [0, 10) and each
-    example's index in a training split of 1000. sizes: one side per view (multi-crop)."""
+    """A pretraining batch of uniform noise: [B, S, S, 3] views (or [B, S_v, S_v, 3] with
+    `sizes`, one per view: multi-crop), labels in [0, 10) and each example's index in a training
+    split of 1000."""
     rng = np.random.default_rng(seed)
-    sizes = sizes or [S] * num_views
+    sizes = list(sizes) if sizes else [S] * num_views
     batch = {f"view{v + 1}": rng.uniform(size=(B, s, s, 3)).astype(np.float32)
              for v, s in enumerate(sizes)}
     batch["label"] = rng.integers(0, 10, size=(B,)).astype(np.int32)

@@ -57,6 +57,8 @@ def _build_vit(cfg) -> nn.Module:
         extra["pos_embed_grid"] = int(cfg["pos_embed_grid"])
     if cfg.get("num_heads", None) is not None:
         extra["num_heads"] = int(cfg["num_heads"])
+    if cfg.get("drop_path_rate", None):
+        extra["drop_path_rate"] = float(cfg["drop_path_rate"])
     return VIT_VARIANTS[variant](patch_size=int(cfg.get("patch_size", 16)),
                                  stop_grad_patch_embed=bool(cfg.get("stop_grad_patch_embed",
                                                                     False)),

@@ -5,7 +5,8 @@ What the reference does, and what this module does the same way:
   bias) -> prepend a class token -> add a FIXED 2D sin-cos position embedding (zero for the class
   token) -> `depth` pre-norm blocks (x + Attn(LN(x)); x + MLP(LN(x))) -> final LayerNorm -> the
   class token is the feature vector [B, hidden_dim]. LayerNorm eps 1e-6, qkv with bias, MLP with
-  exact (erf) GELU like PyTorch's nn.GELU, no dropout / drop path (MoCo v3 pre-training uses none).
+  exact (erf) GELU like PyTorch's nn.GELU, no dropout; no drop path by default (MoCo v3
+  pre-training uses none; `drop_path_rate` turns on timm's stochastic depth, e.g. DINO's 0.1).
 - MoCo v3 initialisation: every Linear xavier_uniform with zero bias; the qkv Linear is treated as
   three separate dim x dim matrices (bound sqrt(6 / (dim + dim))); the class token ~ N(0, 1e-6^2);
   the patch projection uniform with bound sqrt(6 / (3 p p + dim)) (xavier over the flattened
@@ -130,6 +131,19 @@ class MLP(nn.Module):
         return dense(x.shape[-1], "fc2")(h)                                  # [B, N, D]
 
 
+def drop_path(module: nn.Module, x, rate: float, train: bool):
+    """Stochastic depth (timm's / DINO's `drop_path`): in training, each example's residual
+    branch is dropped with probability `rate` and kept ones are scaled by 1 / (1 - rate). The
+    identity at rate 0, with train=False, and without a "dropout" RNG stream (an EMA teacher
+    applied in training mode for its BN statistics draws none)."""
+    if rate <= 0.0 or not train or not module.has_rng("dropout"):
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep,
+                                (x.shape[0],) + (1,) * (x.ndim - 1))        # [B, 1, 1]
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
 def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype,
                         param_dtype=jnp.float32, name=name)
@@ -140,16 +154,19 @@ class Block(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Any = jnp.float32
+    drop_path_rate: float = 0.0          # stochastic depth of both residual branches
 
     @nn.compact
-    def __call__(self, x):                                                   # [B, N, D]
+    def __call__(self, x, train: bool = False):                              # [B, N, D]
         attn = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, use_bias=True, kernel_init=DENSE_INIT,
             bias_init=nn.initializers.zeros, dtype=self.dtype, param_dtype=jnp.float32,
             name="attn")
-        x = x + attn(layer_norm(self.dtype, "norm1")(x), deterministic=True)
+        y = attn(layer_norm(self.dtype, "norm1")(x), deterministic=True)
+        x = x + drop_path(self, y, self.drop_path_rate, train)
         mlp = MLP(self.mlp_dim, dtype=self.dtype, name="mlp")
-        return x + mlp(layer_norm(self.dtype, "norm2")(x))
+        return x + drop_path(self, mlp(layer_norm(self.dtype, "norm2")(x)),
+                             self.drop_path_rate, train)
 
 
 class ViT(nn.Module):
@@ -168,6 +185,8 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
     pos_embed: str = "sincos"              # "sincos" (MoCo v3, fixed) | "learned" (timm, DINO)
     pos_embed_grid: int = 0                # learned: its g x g grid (0: the grid seen at init)
+    drop_path_rate: float = 0.0            # stochastic depth, linear from 0 (first block) to
+                                           # this (last block), timm's / DINO's decay rule
 
     @property
     def num_features(self) -> int:
@@ -202,7 +221,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):                              # [B, H, W, C]
-        del train                                    # no dropout / BN: same graph in both modes
+        # no BN; drop path (when drop_path_rate > 0) only in training, with a "dropout" RNG
         self.check_config()
         self.check_input(x)
         d = self.hidden_dim
@@ -218,8 +237,10 @@ class ViT(nn.Module):
         else:
             pos = build_2d_sincos_position_embedding(gh, gw, d)             # [1+N, D] constant
             x = x + jnp.asarray(pos, self.dtype)[None]                      # [B, 1+N, D]
+        rates = np.linspace(0.0, self.drop_path_rate, self.depth)           # per block
         for i in range(self.depth):
-            x = Block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block_{i}")(x)
+            x = Block(self.num_heads, self.mlp_dim, dtype=self.dtype,
+                      drop_path_rate=float(rates[i]), name=f"block_{i}")(x, train)
         x = layer_norm(self.dtype, "norm")(x)
         return x[:, 0].astype(jnp.float32)                                   # [B, D]
 
@@ -228,7 +249,10 @@ def learned_position_embedding(module: nn.Module, gh: int, gw: int, d: int, grid
     """timm's learned "pos_embed" [1, 1 + g*g, D] (g = `grid`, or the input's grid when 0);
     resized bicubically to (gh, gw) when the input's grid differs."""
     shape = (1, 1 + grid * grid, d) if grid else (1, 1 + gh * gw, d)
-    pos = module.param("pos_embed", nn.initializers.normal(0.02), shape, jnp.float32)
+    if not grid and module.has_variable("params", "pos_embed"):   # applied at another grid
+        pos = module.get_variable("params", "pos_embed")           # than the one seen at init
+    else:
+        pos = module.param("pos_embed", nn.initializers.normal(0.02), shape, jnp.float32)
     n = pos.shape[1] - 1
     if n == gh * gw:
         return pos
