@@ -78,9 +78,10 @@ def test_no_method_name_outside_the_methods_package():
 # its loss stayed at chance, 39.85 -> 39.69, so the gain is no evidence of learning, and the run
 # took 5 min on the loaded 2-core CPU), swav (0.925 vs 0.919 at 10x LR), cmc (0.928 vs 0.911,
 # its loss noisy; the grey digits leave its ab view nearly empty).
-LEARNS = [("simsiam.py", "cifar10", ["--config.optimizer.base_lr=1.0"]),
-          ("dino.py", "vit_small", ["--config.optimizer.base_lr=0.05", "--config.ema.base=0.9",
-                                    "--config.aug.on_device=true", "--config.eval.every_steps=30"])]
+# DINO's check (below, measured 0.624 vs 0.579 in 44-159 s) is left out of the suite for time:
+#   ("dino.py", "vit_small", ["--config.optimizer.base_lr=0.05", "--config.ema.base=0.9",
+#                             "--config.aug.on_device=true", "--config.eval.every_steps=30"])
+LEARNS = [("simsiam.py", "cifar10", ["--config.optimizer.base_lr=1.0"])]
 
 
 @pytest.mark.parametrize("file,preset,overrides", LEARNS)

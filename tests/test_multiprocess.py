@@ -273,22 +273,23 @@ def colour_images(tmp_path, n=200, size=16) -> str:
 
 
 def test_every_method_pretraining_two_processes_equal_one(tmp_path):
-    """MoCo v2 (queue + shuffle BN), MoCo v3 and BYOL (momentum targets), SimSiam (a fixed-LR
-    parameter group), InvaSpread (in-batch negatives of the global batch), InstDisc (a
+    """MoCo v2 (queue + shuffle BN + momentum target), SimSiam (a fixed-LR parameter group), InvaSpread (in-batch negatives of the global batch), InstDisc (a
     memory bank of the training split, its rows sharded over the 4 devices, read and written by
     example index), SwAV (multi-crop views of two sizes, Sinkhorn-Knopp over the global batch),
-    CPC v2 (per-patch augmentation drawn for the global batch, InfoNCE over every patch of it),
-    CMC (two such banks, L and ab, and two encoders) and DINO (a centre over the global batch, a
-    frozen parameter group): the same losses and parameters (target networks, the queue, the
+    CPC v2 (per-patch augmentation drawn for the global batch, InfoNCE over every patch of it)
+    and DINO (a momentum teacher, a centre over the global batch, a frozen parameter group): the same losses and parameters (target networks, the queue, the
     banks and the centre included) on 2 x 2 as on 1 x 4."""
     # InvaSpread at a tenth of its preset's LR: at 0.03 this tiny net is chaotic. On an
     # AVX512-FP16 Xeon, step-2 losses agreed to 5e-7 but step-2 gradient norms differed by 0.2%
     # and step-3 losses by 0.4% (rounding alone); at 0.003 every step agrees to 2e-6.
-    methods = {"moco_v2.py+cifar10": {}, "moco_v3.py+cifar10": {}, "byol.py+cifar10": {},
-               "simsiam.py+cifar10": {}, "invaspread.py+cifar10": {"optimizer.base_lr": 0.003},
-               "instdisc.py+cifar10": {}, "swav.py+cifar10": {}, "cpc_v2.py+cifar10": {},
-               "cmc.py+cifar10": {"dataset.name": f"npz:{colour_images(tmp_path)}"},  # colour
-               "dino.py+cifar10": {}}
+    # Left out for the suite's time (each case costs ~60 s here): MoCo v3 and BYOL (the EMA
+    # target of MoCo v2 and DINO below; their 8-device = 1-device steps in
+    # tests/test_train_step_parity.py) and CMC (its banks are InstDisc's memory_bank module,
+    # below; add `"cmc.py+cifar10": {"dataset.name": f"npz:{colour_images(tmp_path)}"}` to run
+    # it: measured equal to 1.3e-7 on colour images).
+    methods = {"moco_v2.py+cifar10": {}, "simsiam.py+cifar10": {},
+               "invaspread.py+cifar10": {"optimizer.base_lr": 0.003}, "instdisc.py+cifar10": {},
+               "swav.py+cifar10": {}, "cpc_v2.py+cifar10": {}, "dino.py+cifar10": {}}
     no_knn = {"dataset.knn_train_split": ""}
     times = {}
     for arg, overrides in methods.items():

@@ -27,8 +27,9 @@ def assert_trees_equal(a, b, rtol=1e-6, atol=1e-7):
 # kill -9 at random moments in tests/test_reliability.py.
 @pytest.mark.parametrize("file,preset", [("moco_v2.py", "cifar10"),   # queue + EMA + shuffle BN
                                          ("simsiam.py", "cifar10"),   # fixed-LR param group
-                                         ("invaspread.py", "cifar10"),
-                                         ("dino.py", "cifar10")])     # centre, frozen layer
+                                         ("invaspread.py", "cifar10")])
+# (DINO's centre and frozen-layer optimizer state resumed exactly too, 60 s: left out for time;
+# add ("dino.py", "cifar10") above to run it.)
 def test_resume_reaches_the_same_state(tmp_path, file, preset):
     config = tiny(file, preset, batch_size=16, image_size=16, steps=4)
     config.profile_first_step, config.profile_num_steps = 1, 1   # profiling changes nothing
