@@ -61,11 +61,12 @@ def _first_of_each_structure(presets):
 
 # Shrunk the same way (tiny_configs.tiny), these presets' training steps run in
 # tests/test_multiprocess.py's every-method test (on 2 x 2 and 1 x 4 devices), so they are not
-# stepped again here; ResNet-161's layout and count are tests/test_cpc_v2.py's.
+# stepped again here (CPC v2: its cifar10 step there; ResNet-161's layout and count are
+# tests/test_cpc_v2.py's).
 STEPPED_ELSEWHERE = {("moco_v2.py", "cifar10"), ("simsiam.py", "cifar10"),
                      ("invaspread.py", "cifar10"), ("instdisc.py", "cifar10"),
                      ("swav.py", "cifar10"), ("dino.py", "cifar10"),
-                     ("cpc_v2.py", "imagenet_r161")}
+                     ("cpc_v2.py", "imagenet_r50"), ("cpc_v2.py", "imagenet_r161")}
 STEPPED = [p for p in _first_of_each_structure(PRESETS) if p not in STEPPED_ELSEWHERE]
 
 
