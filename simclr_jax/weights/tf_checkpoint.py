@@ -43,6 +43,7 @@ import numpy as np
 
 from simclr_jax.errors import UserError
 from simclr_jax.models import build_backbone, resnet
+from simclr_jax.weights.torchvision import _get, _set as _put   # nested-dict path helpers
 from simclr_jax.workdir import as_path
 
 TF2_ROOT = "model/resnet_model/"
@@ -313,18 +314,6 @@ def to_ours(convs: List[np.ndarray], bns: List[dict]) -> Tuple[dict, dict]:
     raise UserError(f"the checkpoint's ResNet ({len(convs)} convs, {len(bns)} BNs, stem conv "
                     f"{shapes[0]}, last conv {shapes[-1]}) is none of ours: expected SimCLR's "
                     f"ResNet-{{18,34,50,101,152,200}} (SK or not, ImageNet or CIFAR stem)")
-
-
-def _get(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _put(tree, path, leaves):
-    for k in path:
-        tree = tree.setdefault(k, {})
-    tree.update(leaves)
 
 
 def import_checkpoint(prefix: str, encoder: Optional[str] = None):
