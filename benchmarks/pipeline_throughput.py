@@ -2,6 +2,7 @@
 
     taskset -c 0 python benchmarks/pipeline_throughput.py            # the table, one core
     taskset -c 0 python benchmarks/pipeline_throughput.py --profile  # + per-op ablation rows
+    taskset -c 0 python benchmarks/pipeline_throughput.py --multicrop --repeats 3  # DINO
 
 Two views per image, batches of 64, images/s (each image = 2 views): the best of a few timing
 windows per row after a warm-up (robust to other jobs sharing the machine). Inputs:
@@ -16,6 +17,26 @@ grayscale p=0.2, clip; `color_jitter_strength` 1.0 at 224 px and 0.5 at 32 px; n
 the same encoded bytes from memory. The simclr_jax rows run `pipeline.pretrain_batches` with the
 SimCLR presets (blur off to match) on a one-device mesh, so they include the transfer to JAX.
 `--profile` adds ablation rows (one op removed at a time) that show where the time goes.
+
+`--multicrop` (issue 18), 224 px inputs only: DINO's 10 crops per image (2 x 224 + 8 x 96),
+batches of 64, images/s where one image = all its 10 crops. Rows:
+- "official DINO transform": facebookresearch/dino main_dino.py `DataAugmentationDINO` at its
+  defaults (global_crops_scale (0.4, 1), local_crops_scale (0.05, 0.4), local_crops_number 8)
+  with utils.py's `GaussianBlur` and `Solarization`, transcribed below (torchvision transforms on
+  PIL images: bicubic antialiased RandomResizedCrop, flip, ColorJitter(0.4, 0.4, 0.2, 0.1)
+  p 0.8, grayscale 0.2, PIL GaussianBlur radius U(0.1, 2) p 1.0 / 0.1 / 0.5, solarize 0.2 on
+  the second global crop, ToTensor + Normalize). Each image is decoded from the same encoded
+  bytes in memory by PIL (as ImageFolder's pil_loader does from a file) and the crops are
+  collated by a torch DataLoader with num_workers=0 (default_collate: torch.stack per crop),
+  one process, torch.set_num_threads(1); no pin_memory (no GPU here).
+- "simclr_jax ...": `pipeline.pretrain_batches` with configs/dino.py:vit_small's `aug` (the same
+  10 policies; image_size 224, local crops 96) on a one-device mesh, from encoded bytes and from
+  decoded arrays, with the colour/blur/solarize/normalise ops on the host or, `aug.on_device`,
+  in the train step (the host then ships uint8 crops; that step is not timed here).
+With `--profile`, ablation rows of the encoded host path (one op off in every crop).
+`--repeats N` runs the whole list of rows N times, interleaved (one process per row and
+repeat), and keeps each row's best window: rows measured minutes apart on a shared machine see
+different load, interleaving gives every row the same chances.
 """
 from __future__ import annotations
 
@@ -31,6 +52,10 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+
+OFFICIAL_DINO = "official DINO transform (torchvision, PIL)"
+if OFFICIAL_DINO in sys.argv:  # the child process of that row (--row): torchvision segfaults
+    import torchvision  # noqa: F401,E402  when imported after TensorFlow (tf 2.21, tv 0.29)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -197,11 +222,166 @@ def measure_in_subprocess(size: int, label: str, a) -> float:
            str(a.seconds), "--rounds", str(a.rounds), "--row", label]
     if a.synthetic:
         cmd.append("--synthetic")
+    if a.multicrop:
+        cmd.append("--multicrop")
+    if a.images != 300:
+        cmd += ["--images", str(a.images)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if line.startswith("RATE "):
             return float(line.split()[1])
     raise RuntimeError(f"row {label!r} failed:\n{out.stderr[-3000:]}")
+
+
+# ----------------------------------------------------------------------------- multi-crop (DINO)
+
+DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, DINO_LOCAL_CROPS = (0.4, 1.0), (0.05, 0.4), 8
+DINO_CROPS = 2 + DINO_LOCAL_CROPS
+
+
+def official_dino_transform():
+    """facebookresearch/dino main_dino.py `DataAugmentationDINO` (lines 419-464) and utils.py's
+    `GaussianBlur` and `Solarization` (lines 36-68), at commit 7c446df (2023-04-27), transcribed
+    line for line; main_dino.py's default scales and local crop count."""
+    import random
+
+    from PIL import ImageFilter, ImageOps
+    from torchvision import transforms
+
+    class GaussianBlur(object):  # utils.py
+        def __init__(self, p=0.5, radius_min=0.1, radius_max=2.):
+            self.prob = p
+            self.radius_min = radius_min
+            self.radius_max = radius_max
+
+        def __call__(self, img):
+            do_it = random.random() <= self.prob
+            if not do_it:
+                return img
+            return img.filter(ImageFilter.GaussianBlur(
+                radius=random.uniform(self.radius_min, self.radius_max)))
+
+    class Solarization(object):  # utils.py
+        def __init__(self, p):
+            self.p = p
+
+        def __call__(self, img):
+            if random.random() < self.p:
+                return ImageOps.solarize(img)
+            return img
+
+    class DataAugmentationDINO(object):  # main_dino.py
+        def __init__(self, global_crops_scale, local_crops_scale, local_crops_number):
+            flip_and_color_jitter = transforms.Compose([
+                transforms.RandomHorizontalFlip(p=0.5),
+                transforms.RandomApply(
+                    [transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2,
+                                            hue=0.1)], p=0.8),
+                transforms.RandomGrayscale(p=0.2),
+            ])
+            normalize = transforms.Compose([
+                transforms.ToTensor(),
+                transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            ])
+            self.global_transfo1 = transforms.Compose([
+                transforms.RandomResizedCrop(224, scale=global_crops_scale,
+                                             interpolation=Image.BICUBIC),
+                flip_and_color_jitter,
+                GaussianBlur(1.0),
+                normalize,
+            ])
+            self.global_transfo2 = transforms.Compose([
+                transforms.RandomResizedCrop(224, scale=global_crops_scale,
+                                             interpolation=Image.BICUBIC),
+                flip_and_color_jitter,
+                GaussianBlur(0.1),
+                Solarization(0.2),
+                normalize,
+            ])
+            self.local_crops_number = local_crops_number
+            self.local_transfo = transforms.Compose([
+                transforms.RandomResizedCrop(96, scale=local_crops_scale,
+                                             interpolation=Image.BICUBIC),
+                flip_and_color_jitter,
+                GaussianBlur(p=0.5),
+                normalize,
+            ])
+
+        def __call__(self, image):
+            crops = []
+            crops.append(self.global_transfo1(image))
+            crops.append(self.global_transfo2(image))
+            for _ in range(self.local_crops_number):
+                crops.append(self.local_transfo(image))
+            return crops
+
+    return DataAugmentationDINO(DINO_GLOBAL_SCALE, DINO_LOCAL_SCALE, DINO_LOCAL_CROPS)
+
+
+def official_dino_batches(encoded: list):
+    """Endless batches of ([10 x float32 [64, 3, S, S]], labels) from a DataLoader with
+    num_workers=0 over the encoded bytes: PIL decode + `DataAugmentationDINO` per image,
+    default_collate (torch.stack per crop) per batch, a new shuffled epoch after each."""
+    import random
+
+    import torch
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    random.seed(0)
+    transform = official_dino_transform()
+
+    class EncodedImages(torch.utils.data.Dataset):  # ImageFolder over bytes in memory
+        def __len__(self):
+            return len(encoded)
+
+        def __getitem__(self, i):
+            img = Image.open(io.BytesIO(encoded[i])).convert("RGB")   # pil_loader
+            return transform(img), 0
+
+    loader = torch.utils.data.DataLoader(EncodedImages(), batch_size=BATCH, shuffle=True,
+                                         num_workers=0, drop_last=True)
+    while True:
+        yield from loader
+
+
+def dino_aug(on_device: bool = False, **view_overrides):
+    """configs/dino.py:vit_small's `aug` (view1, view2: the global crops; view3..10: the local
+    96-px crops), `view_overrides` applied to every crop."""
+    from simclr_jax.config_base import load_config_file
+    config = load_config_file(os.path.join(ROOT, "configs", "dino.py"), "vit_small")
+    aug = copy.deepcopy(config.aug)
+    assert len(aug_presets.view_names(aug)) == DINO_CROPS
+    for name in aug_presets.view_names(aug):
+        aug[name].update(view_overrides)
+    aug.on_device = on_device
+    return aug
+
+
+def multicrop_rows(encoded: list, profile: bool):
+    """(label, batches factory) of the multi-crop table (224 px inputs)."""
+    enc = encoded_source(encoded, (None, None, 3)) if encoded else None
+    dec = decoded_source(encoded) if encoded else None
+    out = [(OFFICIAL_DINO, lambda: official_dino_batches(encoded)),
+           ("simclr_jax, files in memory (encoded)",
+            lambda: project_batches(enc, 224, dino_aug())),
+           ("simclr_jax, decoded in memory",
+            lambda: project_batches(dec, 224, dino_aug())),
+           ("simclr_jax, aug.on_device (host: crop/resize/flip), encoded",
+            lambda: project_batches(enc, 224, dino_aug(on_device=True))),
+           ("simclr_jax, aug.on_device, decoded",
+            lambda: project_batches(dec, 224, dino_aug(on_device=True)))]
+    if profile:
+        ablations = {"no antialias": dict(antialias=False),
+                     "- blur": dict(blur_prob=0.0),
+                     "- colour jitter": dict(jitter_prob=0.0),
+                     "- jitter, grayscale, blur, solarize": dict(
+                         jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                         solarize_prob=0.0)}
+        for name, kw in ablations.items():
+            out.append((f"profile: encoded, {name}",
+                        lambda kw=kw: project_batches(enc, 224, dino_aug(**kw))))
+    return out
 
 
 def rows(size: int, encoded: list, profile: bool):
@@ -234,50 +414,79 @@ def rows(size: int, encoded: list, profile: bool):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--sizes", default="224,32")
+    p.add_argument("--sizes", default="", help="input sizes (default 224,32; 224 with "
+                   "--multicrop, its only size)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of one timing window")
-    p.add_argument("--rounds", type=int, default=3, help="windows per row (best is kept)")
+    p.add_argument("--rounds", type=int, default=3, help="windows per row and process (best "
+                   "is kept)")
+    p.add_argument("--repeats", type=int, default=1, help="run the list of rows this many "
+                   "times, interleaved (one process per row and repeat; best window kept)")
     p.add_argument("--profile", action="store_true", help="add per-op ablation rows")
+    p.add_argument("--multicrop", action="store_true",
+                   help="DINO multi-crop (2 x 224 + 8 x 96) vs the official DINO transform")
     p.add_argument("--only", default="", help="comma-separated substrings of row labels")
+    p.add_argument("--images", type=int, default=300,
+                   help="number of 500x375 JPEGs at 224 px (>= 64; smoke tests use fewer)")
     p.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: one row, in-process
     p.add_argument("--synthetic", action="store_true",
                    help="synthetic JPEGs instead of the CIFAR-10 folder (automatic without it)")
     a = p.parse_args()
     synthetic = a.synthetic or not os.path.isdir(CIFAR_DIR)
     a.synthetic = synthetic
+    a.sizes = a.sizes or ("224" if a.multicrop else "224,32")
+    if a.multicrop and a.sizes != "224":
+        p.error("--multicrop measures 224 px inputs only (DINO's 224 + 96 px crops)")
+    table = (lambda size, encoded, profile: multicrop_rows(encoded, profile)) if a.multicrop \
+        else rows
     if a.row:  # child process: measure one row and exit without teardown (see below)
         size = int(a.sizes)
-        label, make = next((lb, m) for lb, m in rows(size, inputs(size, synthetic), True)
+        label, make = next((lb, m) for lb, m in table(size, inputs(size, synthetic, a.images), True)
                            if lb == a.row)
         print(f"RATE {measure(make, a.seconds, a.rounds)}", flush=True)
         # Skip interpreter teardown: destroying a live tf.data iterator can hang at exit
         # (issue 12 item 0, fixed in the pipeline separately); the rate is printed.
         os._exit(0)
     cpus = len(os.sched_getaffinity(0))
+    repeats = f" x {a.repeats} interleaved repeats" if a.repeats > 1 else ""
     print(f"# {platform.node()} | {cpus} core(s) usable | tf {tf.__version__} | "
           f"batch {BATCH} | best of {a.rounds} {a.seconds:g}-s windows per row, one process "
-          f"per row")
+          f"per row{repeats}")
+    if a.multicrop:
+        print(f"# multi-crop: one image = {DINO_CROPS} crops (2 x 224 + "
+              f"{DINO_LOCAL_CROPS} x 96 px)")
     print("| input | pipeline | images/s | vs reference |")
     print("|---|---|---|---|")
     for size in [int(s) for s in a.sizes.split(",")]:
         kind = "synthetic" if synthetic else "CIFAR-10"
-        desc = (f"{size} px from 500x375 {kind} JPEGs (300)" if size > 32
+        desc = (f"{size} px from 500x375 {kind} JPEGs ({a.images})" if size > 32
                 else f"{size} px {kind} JPEGs")
-        labels = [label for label, _ in rows(size, [], a.profile)
+        labels = [label for label, _ in table(size, [], a.profile)
                   if not a.only or label.startswith("official")
                   or any(s in label for s in a.only.split(","))]
-        ref = None
-        for label in labels:
-            r = measure_in_subprocess(size, label, a)
-            ref = ref or r
-            print(f"| {desc} | {label} | {r:.0f} | {r / ref:.2f}x |", flush=True)
+        best = {}
+        for rep in range(a.repeats):
+            for label in labels:
+                r = measure_in_subprocess(size, label, a)
+                best[label] = max(best.get(label, 0.0), r)
+                if a.repeats == 1:  # one pass: each row as soon as it is measured
+                    print(f"| {desc} | {label} | {r:.0f} | {r / best[labels[0]]:.2f}x |",
+                          flush=True)
+                else:
+                    print(f"# repeat {rep + 1}/{a.repeats}: {label}: {r:.1f} img/s",
+                          flush=True)
+        if a.repeats > 1:
+            ref = best[labels[0]]
+            for label in labels:
+                print(f"| {desc} | {label} | {best[label]:.0f} | {best[label] / ref:.2f}x |",
+                      flush=True)
 
 
-def inputs(size: int, synthetic: bool) -> list:
+def inputs(size: int, synthetic: bool, n: int = 300) -> list:
+    """n 500x375 JPEGs at 224 px (default 300), the first 2,000 CIFAR-10 JPEGs at 32 px."""
     if synthetic:
-        return synthetic_jpegs(300) if size > 32 else synthetic_jpegs(2000, (32, 32))
+        return synthetic_jpegs(n) if size > 32 else synthetic_jpegs(2000, (32, 32))
     cifar = cifar_files(CIFAR_DIR, 2000)
-    return large_jpegs(cifar) if size > 32 else read_bytes(cifar)
+    return large_jpegs(cifar, n) if size > 32 else read_bytes(cifar)
 
 if __name__ == "__main__":
     main()
