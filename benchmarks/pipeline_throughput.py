@@ -3,6 +3,7 @@
     taskset -c 0 python benchmarks/pipeline_throughput.py            # the table, one core
     taskset -c 0 python benchmarks/pipeline_throughput.py --profile  # + per-op ablation rows
     taskset -c 0 python benchmarks/pipeline_throughput.py --multicrop --repeats 3  # DINO
+    taskset -c 0 python benchmarks/pipeline_throughput.py --official-ops 256  # its per-op time
 
 Two views per image, batches of 64, images/s (each image = 2 views): the best of a few timing
 windows per row after a warm-up (robust to other jobs sharing the machine). Inputs:
@@ -33,7 +34,8 @@ batches of 64, images/s where one image = all its 10 crops. Rows:
   10 policies; image_size 224, local crops 96) on a one-device mesh, from encoded bytes and from
   decoded arrays, with the colour/blur/solarize/normalise ops on the host or, `aug.on_device`,
   in the train step (the host then ships uint8 crops; that step is not timed here).
-With `--profile`, ablation rows of the encoded host path (one op off in every crop).
+With `--profile`, ablation rows of the encoded host path (one op off in every crop);
+`--official-ops N` times each transform of the official row over N images instead.
 `--repeats N` runs the whole list of rows N times, interleaved (one process per row and
 repeat), and keeps each row's best window: rows measured minutes apart on a shared machine see
 different load, interleaving gives every row the same chances.
@@ -54,8 +56,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 OFFICIAL_DINO = "official DINO transform (torchvision, PIL)"
-if OFFICIAL_DINO in sys.argv:  # the child process of that row (--row): torchvision segfaults
-    import torchvision  # noqa: F401,E402  when imported after TensorFlow (tf 2.21, tv 0.29)
+if OFFICIAL_DINO in sys.argv or "--official-ops" in sys.argv:  # torchvision segfaults when
+    import torchvision  # noqa: F401,E402  imported after TensorFlow (tf 2.21, tv 0.29)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -345,6 +347,59 @@ def official_dino_batches(encoded: list):
         yield from loader
 
 
+def official_dino_ops(encoded: list, n: int) -> None:
+    """Print the official transform's time per op (a timer around each torchvision transform,
+    the decode and the collate) over n images, batches of 64, one thread."""
+    import collections
+
+    import torch
+    from torchvision import transforms
+
+    torch.set_num_threads(1)
+    spent = collections.Counter()
+
+    def timed(name, fn):
+        def call(x):
+            t0 = time.perf_counter()
+            y = fn(x)
+            spent[name] += time.perf_counter() - t0
+            return y
+        return call
+
+    def wrap(compose, seen):  # flip_and_color_jitter is shared by the three Composes
+        if id(compose) in seen:
+            return
+        seen.add(id(compose))
+        for i, t in enumerate(compose.transforms):
+            if isinstance(t, transforms.Compose):
+                wrap(t, seen)
+                continue
+            name = type(t).__name__
+            if isinstance(t, transforms.RandomResizedCrop):
+                name = f"RandomResizedCrop {t.size[0]}"
+            elif isinstance(t, transforms.RandomApply):  # the only one: ColorJitter
+                name = "ColorJitter p 0.8"
+            compose.transforms[i] = timed(name, t)
+
+    transform, seen = official_dino_transform(), set()
+    for compose in (transform.global_transfo1, transform.global_transfo2,
+                    transform.local_transfo):
+        wrap(compose, seen)
+    decode = timed("decode (PIL)", lambda b: Image.open(io.BytesIO(b)).convert("RGB"))
+    collate = timed("collate", torch.utils.data.default_collate)
+    t0, batch = time.perf_counter(), []
+    for k in range(n):
+        batch.append((transform(decode(encoded[k % len(encoded)])), 0))
+        if len(batch) == BATCH:
+            collate(batch)
+            batch = []
+    total = time.perf_counter() - t0
+    print(f"# official DINO transform, {n} images: {n / total:.1f} img/s, "
+          f"{1e3 * total / n:.2f} ms per image")
+    for name, t in spent.most_common():
+        print(f"{name:24s} {1e3 * t / n:6.2f} ms/image {100 * t / total:5.1f}%")
+
+
 def dino_aug(on_device: bool = False, **view_overrides):
     """configs/dino.py:vit_small's `aug` (view1, view2: the global crops; view3..10: the local
     96-px crops), `view_overrides` applied to every crop."""
@@ -425,6 +480,8 @@ def main():
     p.add_argument("--multicrop", action="store_true",
                    help="DINO multi-crop (2 x 224 + 8 x 96) vs the official DINO transform")
     p.add_argument("--only", default="", help="comma-separated substrings of row labels")
+    p.add_argument("--official-ops", type=int, default=0, metavar="N",
+                   help="print the official DINO transform's time per op over N images, exit")
     p.add_argument("--images", type=int, default=300,
                    help="number of 500x375 JPEGs at 224 px (>= 64; smoke tests use fewer)")
     p.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: one row, in-process
@@ -438,6 +495,9 @@ def main():
         p.error("--multicrop measures 224 px inputs only (DINO's 224 + 96 px crops)")
     table = (lambda size, encoded, profile: multicrop_rows(encoded, profile)) if a.multicrop \
         else rows
+    if a.official_ops:
+        official_dino_ops(inputs(224, synthetic, a.images), a.official_ops)
+        os._exit(0)
     if a.row:  # child process: measure one row and exit without teardown (see below)
         size = int(a.sizes)
         label, make = next((lb, m) for lb, m in table(size, inputs(size, synthetic, a.images), True)
