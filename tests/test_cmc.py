@@ -398,31 +398,24 @@ def test_runlocal_shrinks_k_and_the_stem():
     assert (local.model.width, local.dataset.name) == (0.125, "digits")
 
 
-# ----------------------------------------------------------------------------- resume
+# ----------------------------------------------------------------------------- export
 
-def test_resume_reaches_the_uninterrupted_state_and_the_workdir_loads_as_an_encoder(tmp_path):
-    """The cifar10 preset at runlocal size stopped after 2 of 4 steps and resumed ends with
-    exactly the state (both banks and Z_l / Z_ab included) of an uninterrupted run (a SIGKILL
-    through the CLI was measured at 171 s on the loaded 2-core VM, and checkpoints surviving
-    SIGKILL are tests/test_reliability.py's); load_encoder on the workdir takes uint8 RGB and
-    gives both views' pooled features."""
-    from test_reliability import assert_trees_equal
+def test_the_workdir_loads_as_an_encoder_of_uint8_rgb(tmp_path):
+    """load_encoder on a CMC workdir takes uint8 RGB (the Lab conversion is inside) and gives
+    both views' pooled features, L's then ab's. (Resume after SIGKILL, both banks and Z_l /
+    Z_ab included: tests/test_reliability.py.)"""
     from simclr_jax import checkpoint, train
     from simclr_jax.export import load_encoder
-    config = tiny("cmc.py", "cifar10", batch_size=16, image_size=16, steps=4)
+    from multiprocess_config import get_config
+    config = get_config("cmc.py+cifar10")    # test_reliability's straight run: one compile
     config.unlock()
-    config.dataset.knn_train_split = ""
-    assert train.train_and_evaluate(config, str(tmp_path / "straight"))["step"] == 4
-    resumed = str(tmp_path / "resumed")
-    assert train.train_and_evaluate(config, resumed, stop_after_steps=2)["step"] == 2
-    assert int(checkpoint.restore_arrays(resumed)["step"]) == 2
-    result = train.train_and_evaluate(config, resumed)
-    assert result["step"] == 4 and result["nce_z_l"] > 0 and result["nce_z_ab"] > 0
-    arrays = checkpoint.restore_arrays(resumed)
-    assert sorted(arrays["method_state"]) == ["memory_ab", "memory_l", "nce_z_ab", "nce_z_l"]
-    assert_trees_equal(arrays, checkpoint.restore_arrays(str(tmp_path / "straight")))
-    encoder = load_encoder(resumed)
-    images = np.random.default_rng(0).integers(0, 256, size=(2, 16, 16, 3), dtype=np.uint8)
+    config.checkpoint_every_steps, config.dataset.knn_train_split = 1, ""
+    workdir = str(tmp_path / "run")
+    result = train.train_and_evaluate(config, workdir)
+    assert result["step"] == 3 and result["nce_z_l"] > 0 and result["nce_z_ab"] > 0
+    arrays = checkpoint.restore_arrays(workdir)
+    encoder = load_encoder(workdir)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
     lab = cmc.normalised_lab(jnp.asarray(images, jnp.float32) / 255.0)
     resnet = cmc.build_encoders(config).l_to_ab
     parts = [resnet.apply({"params": arrays["params"]["backbone"][name],
