@@ -1,6 +1,7 @@
 """Several processes train exactly like one: 2 local processes x 2 CPU devices, joined with
-jax.distributed over 127.0.0.1 (gloo collectives, JAX's CPU default) through the real CLI,
-against 1 process x 4 devices running the same jobs.
+jax.distributed over 127.0.0.1 (gloo collectives, JAX's CPU default), against 1 process x 4
+devices running the same jobs. Jobs run through main.run_mode (what the CLI calls), several per
+interpreter; the CLI itself (flags, cluster join, exit codes) in the SIGTERM and kill -9 tests.
 
 Tolerance: the two topologies run the same programs on the same global batches; only the order
 of float32 reductions across devices differs (gloo's cross-process all-reduce vs the in-process
@@ -215,7 +216,9 @@ def final_arrays(workdir):
 @pytest.fixture(scope="module")
 def simclr_runs(tmp_path_factory):
     """SimCLR pretraining, then kNN, linear eval, fine-tuning -> distillation and export of its
-    encoder: each job once as 2 processes x 2 devices and once in 1 process x 4 devices."""
+    encoder: each job once as 2 processes x 2 devices and once in 1 process x 4 devices (each
+    topology runs all jobs in one interpreter, through main.run_mode as the CLI does; the CLI's
+    own flags and cluster join run in the SIGTERM and kill -9 tests below)."""
     root = tmp_path_factory.mktemp("multiprocess")
     two, one = root / "two", root / "one"
     times = {}
@@ -232,17 +235,10 @@ def simclr_runs(tmp_path_factory):
              {"teacher_from": str(base / "finetune")}),
         ]
 
-    for config_arg, workdir, overrides in jobs(two):
-        flags = [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
-                 for k, v in overrides.items()]
-        start = time.time()
-        TwoProcesses("simclr_jax.main", main_args(config_arg, workdir, *flags), root,
-                     os.path.basename(workdir)).wait_ok()
-        times[os.path.basename(workdir)] = time.time() - start
     start = time.time()
-    TwoProcesses("simclr_jax.export", [f"--workdir={two / 'pretrain'}",
-                                       f"--out={two / 'exported'}"], root, "export").wait_ok()
-    times["export"] = time.time() - start
+    run_two_processes(jobs(two) + [("export", str(two / "pretrain"), {"out": str(two / "exported")})],
+                      root, "simclr")
+    times["2 processes (all jobs)"] = time.time() - start
     start = time.time()
     run_reference(jobs(one) + [("export", str(one / "pretrain"), {"out": str(one / "exported")})],
                   root)
