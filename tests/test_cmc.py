@@ -403,11 +403,11 @@ def test_runlocal_shrinks_k_and_the_stem():
 def test_the_workdir_loads_as_an_encoder_of_uint8_rgb(tmp_path):
     """load_encoder on a CMC workdir takes uint8 RGB (the Lab conversion is inside) and gives
     both views' pooled features, L's then ab's. (Resume after SIGKILL, both banks and Z_l /
-    Z_ab included: tests/test_reliability.py.)"""
+    Z_ab included: tests/test_multiprocess.py.)"""
     from simclr_jax import checkpoint, train
     from simclr_jax.export import load_encoder
     from multiprocess_config import get_config
-    config = get_config("cmc.py+cifar10")    # test_reliability's straight run: one compile
+    config = get_config("cmc.py+cifar10")    # 8 px, 3 steps
     config.unlock()
     config.checkpoint_every_steps, config.dataset.knn_train_split = 1, ""
     workdir = str(tmp_path / "run")

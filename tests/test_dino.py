@@ -275,6 +275,9 @@ def run(tmp_path_factory):
     c.dino.freeze_last_layer = 2 / (n // c.batch_size)
     c.checkpoint_every_steps, c.keep_checkpoints = 1, 3
     c.dataset.knn_train_split = ""                            # no kNN: not what is tested
+    # A narrow head (runlocal keeps 2048 / 256 / 4096 for learning): these tests look at which
+    # parameters move and which network is exported, not at learning; 98 s -> less in the suite.
+    c.dino.hidden_dim, c.dino.bottleneck_dim, c.dino.out_dim = 64, 32, 256
     c.lock()
     assert last_layer_frozen_steps(c, train.make_context(c, n)) == 2
     workdir = str(tmp_path_factory.mktemp("dino") / "run")
@@ -287,8 +290,10 @@ def test_last_layer_is_frozen_for_its_steps_then_moves(run):
     last = [checkpoint.restore_arrays(workdir, s)["params"]["projector"]["last_layer"]["kernel"]
             for s in (1, 2, 3)]
     teacher_at_1 = checkpoint.restore_arrays(workdir, 1)["method_state"]["target_params"]
-    # frozen after steps 0 and 1: still the init, which the teacher's copy also still is
-    np.testing.assert_array_equal(last[0], teacher_at_1["projector"]["last_layer"]["kernel"])
+    # frozen after steps 0 and 1: still the init, which the teacher's copy also still is (up to
+    # the EMA's rounding: m * x + (1 - m) * x is x within an ulp, measured 1.5e-8)
+    np.testing.assert_allclose(last[0], teacher_at_1["projector"]["last_layer"]["kernel"],
+                               rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(last[0], last[1])
     assert not np.allclose(last[1], last[2])
     dense = [checkpoint.restore_arrays(workdir, s)["params"]["projector"]["dense0"]["kernel"]

@@ -60,9 +60,9 @@ def _first_of_each_structure(presets):
 
 
 # Shrunk the same way (tiny_configs.tiny), these presets' training steps run in
-# tests/test_multiprocess.py's every-method test (on 2 x 2 and 1 x 4 devices), so they are not
-# stepped again here (CPC v2: its cifar10 step there; ResNet-161's layout and count are
-# tests/test_cpc_v2.py's).
+# tests/test_multiprocess.py's every-method test (on 2 x 2 and 1 x 4 devices) or, for SimSiam
+# and InvaSpread, in tests/test_trainer.py's resume test, so they are not stepped again here
+# (CPC v2: its cifar10 step there; ResNet-161's layout and count are tests/test_cpc_v2.py's).
 STEPPED_ELSEWHERE = {("moco_v2.py", "cifar10"), ("simsiam.py", "cifar10"),
                      ("invaspread.py", "cifar10"), ("instdisc.py", "cifar10"),
                      ("swav.py", "cifar10"), ("dino.py", "cifar10"),

@@ -324,50 +324,6 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(finished
         assert json.load(f)["knn_top1"] == finished[1]["knn_top1"]
 
 
-# The shared run above is SimCLR's: two views of one size, no state besides the networks.
-# These two add what a checkpoint must also carry exactly: multi-crop views of two sizes with
-# SwAV's queue and prototype freeze, and CMC's two memory banks (rows sharded over the 8
-# devices) with their Z estimates. Shrunk as in tests/multiprocess_config.py (3 steps).
-METHOD_STATE = {"swav.py+cifar10": ["queue"],
-                "cmc.py+cifar10": ["memory_ab", "memory_l", "nce_z_ab", "nce_z_l"]}
-
-
-@pytest.mark.parametrize("config_arg", sorted(METHOD_STATE))
-def test_sigkill_during_a_save_then_resume_is_exact_with_method_state(tmp_path, config_arg):
-    """Killed (SIGKILL) while a checkpoint is being written and run again, the CLI ends with
-    exactly the state of an uninterrupted run: parameters, optimizer, BN statistics and the
-    method's own state."""
-    sys.path.insert(0, TESTS)
-    from multiprocess_config import get_config
-    workdir = str(tmp_path / "killed")
-    ckpts = os.path.join(workdir, "checkpoints")
-    overrides = {"checkpoint_every_steps": 1, "dataset.knn_train_split": ""}
-    command = [sys.executable, "-m", "simclr_jax.main", "--config",
-               f"{os.path.join(TESTS, 'multiprocess_config.py')}:{config_arg}", "--workdir",
-               workdir, *(f"--config.{k}={v}" for k, v in overrides.items())]
-    proc = subprocess.Popen(command, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def saving_after_a_save():     # so that the rerun resumes (from the committed one)
-        names = os.listdir(ckpts) if os.path.isdir(ckpts) else []
-        return any(d.isdigit() for d in names) and any("tmp" in d for d in names)
-
-    assert _kill_when(proc, saving_after_a_save), "the run ended before a save was killed"
-    final = subprocess.run(command, cwd=ROOT, env=cli_env(), capture_output=True, text=True,
-                           timeout=300)
-    assert final.returncode == 0, final.stderr[-3000:]
-    assert "Resumed from checkpoint" in final.stderr, final.stderr[-3000:]
-    config = get_config(config_arg)
-    config.unlock()
-    config.checkpoint_every_steps, config.dataset.knn_train_split = 1, ""
-    train.train_and_evaluate(config, str(tmp_path / "straight"))
-    killed, straight = (checkpoint.restore_arrays(d) for d in (workdir, str(tmp_path / "straight")))
-    assert int(killed["step"]) == int(straight["step"]) == config.num_steps
-    assert sorted(killed["method_state"]) == METHOD_STATE[config_arg]
-    assert set(killed) == set(straight)
-    assert_trees_equal(killed, straight)
-
-
 def test_guard_judges_the_loss_only_after_a_few_summaries_and_the_norm_from_the_start():
     """A MoCo queue filling with real keys raises an early loss many times over (here 0.31 ->
     3.29, measured on a tiny MoCo v2 run): not a divergence. Later jumps and any parameter-norm
