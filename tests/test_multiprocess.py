@@ -71,19 +71,25 @@ def child_env(devices: int) -> dict:
 
 
 class TwoProcesses:
-    """`python -m <module> ... --coordinator_address ... --process_id i` for i in 0, 1."""
+    """`python -m <module> ... --coordinator_address ... --process_id i` for i in 0, 1, or with
+    `code`: `python -c <code> <args> '["127.0.0.1:<port>", i]'` (the JOBS runner)."""
 
-    def __init__(self, module: str, args: list, logdir, name: str):
+    def __init__(self, module: str | None, args: list, logdir, name: str, code: str = None):
         port = free_port()
         self.logs = [os.path.join(str(logdir), f"{name}.p{i}.log") for i in (0, 1)]
         self.procs = []
         for i in (0, 1):
-            cmd = [PYTHON, "-m", module, *args, f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}"]
-            if module == "simclr_jax.main":
-                cmd.append(f"--heartbeat_timeout_s={HEARTBEAT_S}")
+            if code is not None:
+                cmd = [PYTHON, "-c", code, *args, json.dumps([f"127.0.0.1:{port}", i])]
+                env = jobs_env(2)
+            else:
+                cmd = [PYTHON, "-m", module, *args, f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}"]
+                if module == "simclr_jax.main":
+                    cmd.append(f"--heartbeat_timeout_s={HEARTBEAT_S}")
+                env = child_env(2)
             with open(self.logs[i], "w") as log:
-                self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=child_env(2), stdout=log,
+                self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                                    stderr=subprocess.STDOUT))
 
     def log(self, i: int) -> str:
@@ -102,8 +108,8 @@ class TwoProcesses:
                 pytest.fail(f"timed out after {timeout} s:\n" + self.log(0)[-3000:])
         return codes
 
-    def wait_ok(self):
-        codes = self.wait()
+    def wait_ok(self, timeout=TIMEOUT_S):
+        codes = self.wait(timeout)
         assert codes == [0, 0], f"exit codes {codes}:\n{self.log(0)[-3000:]}\n{self.log(1)[-3000:]}"
 
 
@@ -160,25 +166,8 @@ def run_two_processes(jobs: list, logdir, name: str):
     """The jobs in 2 processes x 2 devices that join once and run them one after the other
     (as the CLI would, through main.run_mode): one interpreter start and one cluster join for
     all of them instead of one per job."""
-    port = free_port()
-    logs = [os.path.join(str(logdir), f"{name}.p{i}.log") for i in (0, 1)]
-    procs = []
-    for i in (0, 1):
-        with open(logs[i], "w") as log:
-            procs.append(subprocess.Popen(
-                [PYTHON, "-c", JOBS, json.dumps(jobs), json.dumps([f"127.0.0.1:{port}", i])],
-                cwd=ROOT, env=jobs_env(2), stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.time() + TIMEOUT_S + JOB_TIMEOUT_S * len(jobs)
-    codes = []
-    for p in procs:
-        try:
-            codes.append(p.wait(timeout=max(1.0, deadline - time.time())))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            codes.append("timeout")
-    tails = [open(f).read()[-3000:] for f in logs]
-    assert codes == [0, 0], f"exit codes {codes}:\n{tails[0]}\n{tails[1]}"
+    TwoProcesses(None, [json.dumps(jobs)], logdir, name, code=JOBS).wait_ok(
+        TIMEOUT_S + JOB_TIMEOUT_S * len(jobs))
 
 
 def read_json(workdir, name):
