@@ -225,6 +225,8 @@ def swapped_prediction(scores: jnp.ndarray, codes: jnp.ndarray, code_views, temp
         others = jnp.arange(num_views) != v_code
         loss = loss + jnp.sum(jnp.where(others, ce, 0.0)) / (num_views - 1)
     return loss / len(code_views)
+
+
 def grid_prediction_infonce(preds: jnp.ndarray, targets: jnp.ndarray, step: int):
     """InfoNCE of row-ahead predictions on a grid (CPC): preds[b, r, j] predicts
     targets[b, r + step, j] for r < H - step; each prediction is scored (dot product) against
