@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
     c.eval.knn_at_init = True              # also score the randomly initialised encoder at the end
+    c.eval.init_bn_batches = 20            # ... with BN statistics of this many bank batches
     c.eval.knn_features = "backbone"       # "backbone" | "projection" (the MoCo colab's monitor)
 
     c.log_every_steps = 50

@@ -34,6 +34,9 @@ def validate_config(config) -> None:
     if config.eval.get("knn_features", "backbone") not in ("backbone", "projection"):
         _fail(f"eval.knn_features must be 'backbone' or 'projection', got "
               f"{config.eval.knn_features!r}.")
+    if config.eval.get("init_bn_batches", 20) < 0:
+        _fail(f"eval.init_bn_batches must be >= 0 (0: score the encoder at init with its "
+              f"initial BN statistics), got {config.eval.init_bn_batches}.")
     if config.eval.knn_k <= 0:
         _fail(f"eval.knn_k must be positive, got {config.eval.knn_k}.")
     group = config.model.get("bn_group_size")

@@ -207,12 +207,18 @@ def make_knn_evaluator(config, mesh, method) -> knn.KnnEvaluator | None:
         on_device=bool(ds.get("on_device")))
 
 
-def score_knn(evaluator: knn.KnnEvaluator, method, config, state: TrainState) -> dict:
-    """kNN metrics of the method's encoder in `state`."""
+def score_knn(evaluator: knn.KnnEvaluator, method, config, state: TrainState,
+              bn_batches: int = 0) -> dict:
+    """kNN metrics of the method's encoder in `state`; with bn_batches > 0 its BN running
+    statistics are first re-estimated on that many kNN-bank batches (the encoder at init)."""
     variables = method.encoder(config).variables(
         {"params": state.params, "batch_stats": state.batch_stats,
          "method_state": state.method_state})
-    return evaluator(variables["params"], variables["batch_stats"])
+    batch_stats = variables["batch_stats"]
+    if bn_batches:
+        batch_stats = evaluator.bank_batch_statistics(variables["params"], batch_stats,
+                                                      bn_batches)
+    return evaluator(variables["params"], batch_stats)
 
 
 # ----------------------------------------------------------------------------- images
@@ -444,8 +450,10 @@ def _train_and_evaluate(config, workdir: str, stop_after_steps: int | None,
             backbone = init_weights.load_initial_backbone(config)
         init_state = create_train_state(config, network, tx, method, mesh, init_rng, ctx,
                                         backbone)
-        init_metrics = {f"{k}_init": v for k, v in
-                        score_knn(evaluator, method, config, init_state).items()}
+        init_metrics = {f"{k}_init": v for k, v in score_knn(
+            evaluator, method, config, init_state,
+            bn_batches=0 if config.get("init_from") else config.eval.get("init_bn_batches", 20)
+        ).items()}
         writer.write_scalars(final_step, init_metrics)
         summary.update(init_metrics)
     writer.flush()

@@ -1,6 +1,7 @@
 """Weighted kNN (InstDisc) against a loop-by-loop numpy reference, and exact feature extraction."""
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from simclr_jax.evaluate import knn
 from simclr_jax.evaluate.knn import (extract_features, knn_accuracy, knn_classify,
                                      nearest_neighbours, neighbours_grid)
+from simclr_jax.models.norm import BatchNorm
 
 
 def reference_knn(train, train_labels, test, num_classes, k, temperature):
@@ -193,3 +195,66 @@ def test_neighbours_grid_frames_matches_green_and_mismatches_red():
     assert [corner(0, c)[1] > 0.5 for c in (1, 2, 3)] == [True, False, True]
     assert [corner(1, c)[0] > 0.5 for c in (1, 2, 3)] == [False, False, True]
     np.testing.assert_array_equal(grid[0, 2:6, 2:6], 0.25)               # pixels unchanged
+
+
+# ----------------------------------------------------------------------------- BN at init
+
+class _OneBatchNorm(nn.Module):
+    """x [B, H, W, C] -> BN(x): the smallest encoder with running statistics."""
+    momentum: float
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return BatchNorm(momentum=self.momentum, use_scale=False, use_bias=False)(
+            x, use_running_average=not train)
+
+    def encode(self, x, train: bool = False):
+        return self(x, train=train)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.997])
+def test_bank_batch_statistics_are_the_mean_of_whole_batches_whatever_the_momentum(momentum):
+    """The re-estimated statistics are numpy's mean over whole batches of each batch's mean and
+    biased variance; the padded last batch (padding -7) does not count, unless it is the only
+    batch (then its padding, repeats of its last example in the real pipeline, does)."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    images = np.random.default_rng(0).normal(3.0, 2.0, size=(40, 2, 2, 5)).astype(np.float32)
+    labels = np.zeros(40, np.int32)
+    network = _OneBatchNorm(momentum)
+    stats = network.init(jax.random.PRNGKey(0), images[:16])["batch_stats"]
+    update = knn.make_bn_update_fn(network, mesh)
+    got = knn.mean_batch_statistics(update, {}, stats, _eval_batches(mesh, images, labels, 16),
+                                    max_batches=20)["BatchNorm_0"]
+    whole = images[:32].reshape(2, 16 * 2 * 2, 5)                        # 2 whole batches
+    np.testing.assert_allclose(got["mean"], whole.mean(1).mean(0), rtol=1e-4)  # 1 - m: 3e-3
+    np.testing.assert_allclose(got["var"], whole.var(1).mean(0), rtol=1e-4)
+    first = knn.mean_batch_statistics(update, {}, stats, _eval_batches(mesh, images, labels, 16),
+                                      max_batches=1)["BatchNorm_0"]
+    np.testing.assert_allclose(first["mean"], whole[0].mean(0), rtol=1e-4)
+    only = knn.mean_batch_statistics(update, {}, stats,
+                                     _eval_batches(mesh, images[:12], labels[:12], 16),
+                                     max_batches=20)["BatchNorm_0"]
+    padded = np.concatenate([images[:12], np.full((4, 2, 2, 5), -7.0, np.float32)])
+    np.testing.assert_allclose(only["mean"], padded.reshape(-1, 5).mean(0), rtol=1e-4)
+    assert knn.mean_batch_statistics(update, {}, {}, [], max_batches=20) == {}
+
+
+def test_a_resnet_at_init_with_bank_statistics_infers_as_it_trains_on_that_batch():
+    """What the statistics are for: the encoder at init, scored in inference mode, normalises
+    as a training step does (train-mode features of the same batch), not with its initial
+    (0, 1), through every BN layer of a ResNet."""
+    from simclr_jax.methods.network import EncoderNetwork
+    from simclr_jax.models import build_backbone
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    network = EncoderNetwork(backbone=build_backbone(
+        {"name": "resnet", "depth": 10, "width": 0.125, "stem": "cifar"}))
+    images = np.random.default_rng(1).uniform(size=(16, 8, 8, 3)).astype(np.float32)
+    variables = network.init(jax.random.PRNGKey(0), images)
+    stats = knn.mean_batch_statistics(
+        knn.make_bn_update_fn(network, mesh), variables["params"], variables["batch_stats"],
+        _eval_batches(mesh, images, np.zeros(16, np.int32), 16), max_batches=1)
+    trained, _ = network.apply(variables, images, train=True, mutable=["batch_stats"])
+    at_init = network.apply(variables, images)                           # (0, 1) statistics
+    scored = network.apply({"params": variables["params"], "batch_stats": stats}, images)
+    np.testing.assert_allclose(scored, trained, rtol=2e-3, atol=2e-4)
+    assert not np.allclose(at_init, trained, rtol=0.1, atol=0.01)

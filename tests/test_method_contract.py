@@ -8,12 +8,9 @@ each preset below, shrunk by tests/tiny_configs.py, on one device at peak LR 0.1
 of `random_batch(16, 16, seed=s)`, with the optimizer train.py built then (probe LR multiplier,
 frozen ViT patch projection); tests/golden_numerics.py says what it holds.
 """
-import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import golden_numerics
 import jax
@@ -74,23 +71,23 @@ def test_no_method_name_outside_the_methods_package():
 # (config file, preset, overrides, an upper bound on the final loss or None): a method's
 # `,runlocal` preset through the CLI, with the LR raised where the recipe's linear LR scaling at
 # batch 16 leaves it too small to move in 30 steps; it must beat the same encoder at
-# initialisation on held-out digits. These encoders have no batch norm (CPC v2's layer norm,
-# DINO's ViT) or learn enough to beat it anyway (SimSiam); for the batch-normalised ones see
-# learns_more_than_its_batch_statistics.
+# initialisation on held-out digits (with the bank's BN statistics: tests/learning_checks.py).
+# CMC's check is tests/test_cmc.py's CLI test (it also loads the workdir as an encoder).
 # DINO's evaluated encoder is its EMA teacher: EMA base 0.9 (not 0.996) lets it follow the
 # student in 30 steps; its 10 crops are coloured in the step (aug.on_device) and scored once.
-# Measured 0.624 vs 0.579 at init.
+# Measured on 1 device: DINO 0.627 vs 0.579 at init, SimSiam 0.710 vs 0.610.
 # cpc_v2: at 5x its preset's Adam LR (0.002) for 60 steps the kNN rises well above init
 # (0.680 vs 0.535, 53 s on the idle 2-core VM, 2026-12-07) and its loss falls below chance,
-# 8 terms (4 directions x 2 steps) of ln(16 x 9 patches) = 39.76: 39.81 -> 38.08; at the
+# 8 terms (4 directions x 2 steps) of ln(16 x 9 patches) = 39.76: 39.81 -> 38.08 (8 devices;
+# 37.93 on the 1 device the test now uses); at the
 # preset's LR (30 steps: kNN 0.588 vs 0.535, loss 39.85 -> 39.69) the loss check fails.
 CPC_CHANCE = 8 * math.log(16 * 9)
 # Not here: swav. Its `cifar10,runlocal` does not learn on the digits within a test's budget
 # (measured 2026-12-07, 1 device, kNN k 10 on the backbone; the baseline is the same run at LR
-# 1e-7, see learning_checks.py: 0.889 / 0.877 / 0.922 for seeds 0 / 1 / 2 after 60 steps):
+# 1e-7, benchmarks/runlocal_seeds.py: 0.889 / 0.877 / 0.922 for seeds 0 / 1 / 2 after 60 steps):
 # - as runlocal shrinks it (prototypes frozen 3 steps) the predictions go uniform: the loss
 #   sits at ln 30 = 3.401 from step ~100 and the kNN falls, 0.883 / 0.864 / 0.816 after
-#   100 / 200 / 400 steps (init 0.919);
+#   100 / 200 / 400 steps (init 0.919 with its (0, 1) BN statistics);
 # - with the prototypes frozen for the preset's 2 epochs (180 steps of the 1,438 digits) the
 #   loss stays above ln K (5.2 -> 4.1) but the kNN gain is the seed's: +0.039 / +0.011 /
 #   -0.025 (seeds 0 / 1 / 2); base_lr 2: +0.045 / -0.020 / -0.011; SGD at base_lr 1.0:

@@ -229,6 +229,55 @@ def make_feature_fn(network, mesh):
     return features
 
 
+def make_bn_update_fn(network, mesh):
+    """One train-mode pass of the encoder (batch statistics, as a training step normalises):
+    (params, batch_stats, images [B, S, S, 3]) -> the running statistics it writes, jitted over
+    the mesh (the batch is global, so they are global-batch statistics)."""
+    from simclr_jax import parallel
+
+    replicated, rows = parallel.replicated_sharding(mesh), parallel.batch_sharding(mesh)
+
+    @functools.partial(jax.jit, in_shardings=(replicated, replicated, rows),
+                       out_shardings=replicated)
+    def update(params, batch_stats, images):
+        _, variables = network.apply({"params": params, "batch_stats": batch_stats}, images,
+                                     train=True, method="encode", mutable=["batch_stats"])
+        return variables["batch_stats"]
+    return update
+
+
+def mean_batch_statistics(update, params, batch_stats, batches: Iterable[Mapping],
+                          max_batches: int):
+    """`batch_stats` replaced by the mean over up to `max_batches` whole batches of the
+    statistics each batch has in train mode ("precise BN"); `batch_stats` itself when it is
+    empty (no BN) or no batch is given.
+
+    Every BN layer updates `ra = m * ra + (1 - m) * stat`, linear in `ra`: from ra = 0 the
+    update is (1 - m) * stat, from ra = 1 it is m + (1 - m) * stat, so the difference gives m
+    (whatever momentum each layer has) and stat follows. A batch with padded rows (the last
+    one, whose padding repeats its last example) counts only when no whole batch exists."""
+    if not jax.tree.leaves(batch_stats) or max_batches < 1:
+        return batch_stats
+    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+    momentum, total, count = None, None, 0
+    for batch in batches:
+        mask = batch.get("mask")
+        whole = mask is None or bool(_to_host(mask).all())
+        if not whole and count:
+            break
+        from_zero = update(params, zeros, batch["image"])          # (1 - m) * stat per leaf
+        if momentum is None:
+            from_one = update(params, jax.tree.map(jnp.ones_like, batch_stats), batch["image"])
+            momentum = jax.tree.map(lambda a, b: b - a, from_zero, from_one)
+        total = from_zero if total is None else jax.tree.map(jnp.add, total, from_zero)
+        count += 1
+        if count == max_batches or not whole:
+            break
+    if total is None:
+        return batch_stats
+    return jax.tree.map(lambda t, m: t / (count * (1.0 - m)), total, momentum)
+
+
 class KnnEvaluator:
     """Weighted kNN (InstDisc) of an encoder's features: `bank` examples vote for `test` ones.
 
@@ -253,18 +302,30 @@ class KnnEvaluator:
         self.jax_views = all(s.storage == "array" for s in (bank, test)) and (
             on_device or not tf_support.available())
         self.features = make_feature_fn(network, mesh)
+        self.bn_update = make_bn_update_fn(network, mesh)
         self._shown = None          # (test indices [T], bank indices [T, k]) of the last call
 
-    def _extract(self, source, params, batch_stats):
+    def _batches(self, source):
         if self.jax_views:
             from simclr_jax.data import device_dataset as pipeline
         else:
             from simclr_jax.data import pipeline
-        batches = pipeline.eval_batches(source, global_batch_size=self.batch_size,
-                                        image_size=self.image_size, mesh=self.mesh,
-                                        normalize=self.normalize)
+        return pipeline.eval_batches(source, global_batch_size=self.batch_size,
+                                     image_size=self.image_size, mesh=self.mesh,
+                                     normalize=self.normalize)
+
+    def _extract(self, source, params, batch_stats):
         return extract_features(lambda images: self.features(params, batch_stats, images),
-                                batches)
+                                self._batches(source))
+
+    def bank_batch_statistics(self, params, batch_stats, max_batches: int):
+        """`batch_stats` re-estimated on the bank's first `max_batches` batches (see
+        mean_batch_statistics). Why: a randomly initialised BN encoder holds running
+        statistics (0, 1), i.e. no normalisation at all, which is not the network a step
+        trains; scored with the statistics of real images it is the baseline that learning
+        must beat."""
+        return mean_batch_statistics(self.bn_update, params, batch_stats,
+                                     self._batches(self.bank), max_batches)
 
     def __call__(self, params, batch_stats) -> dict:
         bank_x, bank_y = self._extract(self.bank, params, batch_stats)
