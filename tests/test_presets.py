@@ -161,3 +161,11 @@ def test_bad_augmentation_override_is_one_line_before_any_work(key, value, messa
     config.aug[view][field] = value
     with pytest.raises(UserError, match=message):
         validate_config(config)
+
+
+def test_a_negative_init_bn_batches_is_one_line_before_any_work():
+    from simclr_jax.errors import UserError
+    config = tiny("byol.py", "cifar10", batch_size=8, image_size=16)
+    config.eval.init_bn_batches = -1
+    with pytest.raises(UserError, match=r"eval.init_bn_batches must be >= 0 \(0: score"):
+        validate_config(config)
