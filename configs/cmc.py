@@ -30,8 +30,8 @@ Hardware of the published runs: not stated beyond "at least 4 GPUs" (README). Ea
 every difference from the official code: FIDELITY.md. Any preset with `,runlocal` runs on a
 laptop (K shrinks to 64, the stem shrinks with the tiny encoders). The digits are grey, so their
 ab view holds only Lab's rounding offset of grey, which the ab encoder's first BN amplifies into
-a faint copy of the strokes: on 100 digits for 90 steps the kNN rises above the same run without
-learning (tests/test_cmc.py), but that is not CMC's task of relating colour to luminance.
+a faint copy of the strokes: on 100 digits for 90 steps the kNN rises above the encoder at init
+(tests/test_cmc.py), but that is not CMC's task of relating colour to luminance.
 """
 import ml_collections
 
