@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
                                            # (data/device_dataset.py); no host pipeline, no TF
 
     c.batch_size = 256
+    c.break_positive_pairs = False         # a negative control, never for training: every
+                                           # view and bank index from another row
+                                           # (negative_control.py)
     c.num_epochs = config_dict.placeholder(float)  # training length; num_steps overrides it
     c.num_steps = config_dict.placeholder(int)
     c.warmup_epochs = 10.0

@@ -37,6 +37,10 @@ def validate_config(config) -> None:
     if config.eval.get("init_bn_batches", 20) < 0:
         _fail(f"eval.init_bn_batches must be >= 0 (0: score the encoder at init with its "
               f"initial BN statistics), got {config.eval.init_bn_batches}.")
+    views = len(aug_presets.view_names(config.aug)) if "aug" in config else 0
+    if config.get("break_positive_pairs") and config.batch_size <= views:
+        _fail(f"break_positive_pairs rolls view k by k rows: batch_size={config.batch_size} "
+              f"must exceed the {views} views, or some row keeps a pair.")
     if config.eval.knn_k <= 0:
         _fail(f"eval.knn_k must be positive, got {config.eval.knn_k}.")
     group = config.model.get("bn_group_size")

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from simclr_jax import checkpoint, init_weights, optim, parallel, preemption, reporting
+from simclr_jax import checkpoint, init_weights, negative_control, optim, parallel
+from simclr_jax import preemption, reporting
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.config_validation import check_splits, validate_config
 from simclr_jax.data import aug_presets, augment_jax, device_dataset, normalization, sources
@@ -139,6 +140,8 @@ def train_step(state: TrainState, batch, *, method, network, config, tx, lr_sche
         batch = device_dataset.make_views(batch, config, state.step)
     elif config.aug.get("on_device"):  # uint8 host views -> finished views (colour, blur, ...)
         batch = augment_jax.augment_batch(batch, config.aug, config.seed, state.step)
+    if config.get("break_positive_pairs"):   # a negative control (negative_control.py)
+        batch = negative_control.break_positive_pairs(batch, aug_presets.view_names(config.aug))
 
     def loss_fn(params):
         return method.compute_loss(network, config, params, state, batch, rng, ctx)
