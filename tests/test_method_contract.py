@@ -75,7 +75,10 @@ def test_no_method_name_outside_the_methods_package():
 # CMC's check is tests/test_cmc.py's CLI test (it also loads the workdir as an encoder).
 # DINO's evaluated encoder is its EMA teacher: EMA base 0.9 (not 0.996) lets it follow the
 # student in 30 steps; its 10 crops are coloured in the step (aug.on_device) and scored once.
-# Measured on 1 device: DINO 0.627 vs 0.579 at init, SimSiam 0.710 vs 0.593.
+# Measured on 1 device: DINO 0.627 vs 0.579 at init, SimSiam 0.710 vs 0.593. A run with no
+# positive pair (break_positive_pairs) passes both too: DINO 0.635, SimSiam 0.674 (seed 0;
+# BENCHMARKS.md, Negative controls). So these two show the kNN rising through the CLI, not
+# learning from pairs; CPC v2's loss below chance does show learning.
 # cpc_v2: at 5x its preset's Adam LR (0.002) for 60 steps the kNN rises well above init
 # (0.680 vs 0.535, 53 s on the idle 2-core VM, 2026-12-07) and its loss falls below chance,
 # 8 terms (4 directions x 2 steps) of ln(16 x 9 patches) = 39.76: 39.81 -> 38.08 (8 devices;

@@ -1,4 +1,8 @@
-"""The README quickstart, shortened: offline, and the learned encoder beats random init on kNN."""
+"""The README quickstart, shortened: offline, and the learned encoder beats random init on kNN.
+
+On 1 device, seed 0: 0.877 vs 0.744 at init; a run with no positive pair
+(break_positive_pairs) reaches 0.833, so the margin over init is not all learning from pairs
+(BENCHMARKS.md, Negative controls)."""
 from tiny_configs import load_config
 
 from simclr_jax import train
