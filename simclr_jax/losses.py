@@ -227,6 +227,21 @@ def swapped_prediction(scores: jnp.ndarray, codes: jnp.ndarray, code_views, temp
     return loss / len(code_views)
 
 
+def swapped_prediction_top1(scores: jnp.ndarray, codes: jnp.ndarray, code_views):
+    """How often swapped prediction is right: over the same (coded view, other view) pairs as
+    `swapped_prediction`, the fraction of images whose highest-scoring prototype is their code's
+    argmax. scores [V, B, K], codes [A, B, K] -> a scalar. The pretext task's accuracy (as
+    MoCo's acc@1 of instance discrimination): with equipartitioned codes and views that share
+    nothing it is about 1/K, and it rises only as views of one image come to agree."""
+    predicted = jnp.argmax(scores, axis=-1)                                   # [V, B]
+    num_views, hits = scores.shape[0], []
+    for a, v_code in enumerate(code_views):
+        target = jnp.argmax(codes[a], axis=-1)                                # [B]
+        hits += [jnp.mean((predicted[v] == target).astype(jnp.float32))
+                 for v in range(num_views) if v != v_code]
+    return jnp.mean(jnp.stack(hits))
+
+
 def grid_prediction_infonce(preds: jnp.ndarray, targets: jnp.ndarray, step: int):
     """InfoNCE of row-ahead predictions on a grid (CPC): preds[b, r, j] predicts
     targets[b, r + step, j] for r < H - step; each prediction is scored (dot product) against

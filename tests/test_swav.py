@@ -44,11 +44,13 @@ def reference_loop_step(output, embedding, prototypes, queue, crops_for_assign, 
                         temperature=0.1):
     """One iteration of main_swav.py's train(): `output` [V*b, K] (requires grad), `embedding`
     [V*b, D], prototypes [K, D], queue [A, L, D] or None (not created yet: epoch <
-    epoch_queue_starts). Returns (loss, the queue after the step, use_the_queue)."""
+    epoch_queue_starts). Returns (loss, the queue after the step, use_the_queue, and the
+    fraction of (coded crop, other crop, image) triples whose top prototype is the code's
+    argmax: not in the reference, which logs only the loss)."""
     bs = output.shape[0] // nmb_crops
     embedding = embedding.detach()
     use_the_queue = False
-    loss = 0
+    loss, hits = 0, []
     for i, crop_id in enumerate(crops_for_assign):
         with torch.no_grad():
             out = output[bs * crop_id: bs * (crop_id + 1)].detach()
@@ -64,9 +66,10 @@ def reference_loop_step(output, embedding, prototypes, queue, crops_for_assign, 
         for v in np.delete(np.arange(nmb_crops), crop_id):
             x = output[bs * v: bs * (v + 1)] / temperature
             subloss -= torch.mean(torch.sum(q * torch.nn.functional.log_softmax(x, dim=1), dim=1))
+            hits += [float(torch.argmax(x[j]) == torch.argmax(q[j])) for j in range(bs)]
         loss += subloss / (nmb_crops - 1)
     loss /= len(crops_for_assign)
-    return loss, queue, use_the_queue
+    return loss, queue, use_the_queue, float(np.mean(hits))
 
 
 def scores(seed, n, k=12, d=6):
@@ -136,7 +139,8 @@ def test_loss_and_queue_equal_the_reference_loop_from_its_start_epoch():
     """Our compute_loss against main_swav.py's loop on the same network outputs, step by step
     with 2 steps per epoch and epoch_queue_starts=1: steps 0-1 no queue, steps 2-5 the queue
     fills (not used until its last row is set), from step 6 on it is used; the loss, its
-    gradient with respect to the scores and the queue all match."""
+    gradient with respect to the scores and the queue all match, and so does the logged
+    accuracy of the swapped prediction (`swap_top1`)."""
     c = loop_config()
     method = get_method("swav")
     network = method.build_network(c, 0)
@@ -169,10 +173,11 @@ def test_loss_and_queue_equal_the_reference_loop_from_its_start_epoch():
         if step // ctx.steps_per_epoch >= c.swav.epoch_queue_starts and ref_queue is None:
             ref_queue = torch.zeros(2, c.swav.queue_length, c.head.out_dim)
         output = torch.tensor(np.asarray(out["scores"]), requires_grad=True)
-        ref_loss, ref_queue, used = reference_loop_step(
+        ref_loss, ref_queue, used, ref_top1 = reference_loop_step(
             output, torch.from_numpy(np.asarray(out["proj"])), W, ref_queue, (0, 1), 4)
         ref_loss.backward()
         assert float(metrics["queue_in_use"]) == float(used) == float(step >= 6), step
+        assert float(metrics["swap_top1"]) == pytest.approx(ref_top1, abs=1e-6), step
         np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5, err_msg=str(step))
         np.testing.assert_allclose(np.asarray(grad), output.grad.numpy(), rtol=1e-4,
                                    atol=1e-7, err_msg=str(step))
