@@ -108,6 +108,10 @@ CPC_CHANCE = 8 * math.log(16 * 9)
 #   +0.014: on the digits at this size a kNN gain is not evidence of SwAV's learning, so no
 #   test asserts one (on the 16-d embedding too: +0.231 learned, +0.209 with the neighbour's
 #   codes, seed 0).
+# - its logged `swap_top1` (the swapped prediction's accuracy, chance 1/30) shows why: with the
+#   prototypes frozen and the queue full, seed 0 learns its pretext task (0.663 at step 25,
+#   loss 2.81 < ln 30) and then collapses within 10-15 steps (0.000, loss above ln K); without
+#   the queue, or at the recipe's LR, it stays at chance (BENCHMARKS.md, 2026-12-07).
 # "Loss stuck at ln K on small data" is reported against the reference too
 # (facebookresearch/swav issues 62, 69, 120).
 LEARNS = [("simsiam.py", "cifar10", ["--config.optimizer.base_lr=1.0"], None),
