@@ -228,18 +228,28 @@ def swapped_prediction(scores: jnp.ndarray, codes: jnp.ndarray, code_views, temp
 
 
 def swapped_prediction_top1(scores: jnp.ndarray, codes: jnp.ndarray, code_views):
-    """How often swapped prediction is right: over the same (coded view, other view) pairs as
-    `swapped_prediction`, the fraction of images whose highest-scoring prototype is their code's
-    argmax. scores [V, B, K], codes [A, B, K] -> a scalar. The pretext task's accuracy (as
-    MoCo's acc@1 of instance discrimination): with equipartitioned codes and views that share
-    nothing it is about 1/K, and it rises only as views of one image come to agree."""
+    """How often swapped prediction is right, and how often it would be by chance: over the same
+    (coded view, other view) pairs as `swapped_prediction`, the fraction of images whose
+    top-scoring prototype is their code's argmax, and the fraction expected if predictions and
+    codes were independent with the batch's own frequencies (sum_k f_pred(k) f_code(k), Cohen's
+    p_e). scores [V, B, K], codes [A, B, K] -> (top1, chance), scalars.
+
+    The pretext task's accuracy (as MoCo's acc@1) rises only as views of one image come to
+    agree, but a collapse to one prototype also makes it 1; the chance term is then 1 too, so
+    the gap top1 - chance is the learning (a queue much larger than the batch lets the batch
+    collapse while the queue keeps the codes' equipartition: BENCHMARKS.md)."""
+    K = scores.shape[-1]
     predicted = jnp.argmax(scores, axis=-1)                                   # [V, B]
-    num_views, hits = scores.shape[0], []
+    freq = jnp.mean(jax.nn.one_hot(predicted, K), axis=1)                     # [V, K]
+    num_views, hits, chance = scores.shape[0], [], []
     for a, v_code in enumerate(code_views):
         target = jnp.argmax(codes[a], axis=-1)                                # [B]
-        hits += [jnp.mean((predicted[v] == target).astype(jnp.float32))
-                 for v in range(num_views) if v != v_code]
-    return jnp.mean(jnp.stack(hits))
+        target_freq = jnp.mean(jax.nn.one_hot(target, K), axis=0)             # [K]
+        for v in range(num_views):
+            if v != v_code:
+                hits.append(jnp.mean((predicted[v] == target).astype(jnp.float32)))
+                chance.append(jnp.sum(freq[v] * target_freq))
+    return jnp.mean(jnp.stack(hits)), jnp.mean(jnp.stack(chance))
 
 
 def grid_prediction_infonce(preds: jnp.ndarray, targets: jnp.ndarray, step: int):

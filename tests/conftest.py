@@ -34,7 +34,7 @@ tf.config.set_visible_devices([], "GPU")
 LONGEST_FIRST = ("test_multiprocess.py", "test_reliability.py", "test_presets.py",
                  "test_train_step_parity.py", "test_device_dataset_runs.py", "test_quickstart.py",
                  "test_no_tensorflow.py", "test_instdisc.py", "test_device_run.py", "test_gcs.py",
-                 "test_weights.py", "test_method_contract.py")
+                 "test_weights.py", "test_method_contract.py", "test_swav.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -196,7 +196,8 @@ class SwAV(Method):
                      for c in crops]
         loss = losses.swapped_prediction(scores, jnp.stack(codes), crops,
                                          config.loss.temperature)
-        metrics["swap_top1"] = losses.swapped_prediction_top1(scores, jnp.stack(codes), crops)
+        metrics["swap_top1"], metrics["swap_top1_chance"] = losses.swapped_prediction_top1(
+            scores, jnp.stack(codes), crops)
         p_loss, p_metrics = self._probe(out, batch["label"], crops, V, B)
         return loss + p_loss, (stats, ms, {"loss": loss, **metrics, **p_metrics})
 
