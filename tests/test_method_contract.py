@@ -85,7 +85,8 @@ def test_no_method_name_outside_the_methods_package():
 # 37.93 on the 1 device the test now uses); at the
 # preset's LR (30 steps: kNN 0.588 vs 0.535, loss 39.85 -> 39.69) the loss check fails.
 CPC_CHANCE = 8 * math.log(16 * 9)
-# Not here: swav. Its `cifar10,runlocal` does not learn on the digits within a test's budget
+# Not here: swav. Its check is its pretext task (loss below ln K, tests/test_swav.py), since the
+# kNN gain is the seed's. The history: its `cifar10,runlocal` does not learn on the digits within a test's budget
 # (measured 2026-12-07, 1 device, kNN k 10 on the backbone; the baseline is the same run at LR
 # 1e-7, benchmarks/runlocal_seeds.py: 0.889 / 0.877 / 0.922 for seeds 0 / 1 / 2 after 60 steps):
 # - as runlocal shrinks it (prototypes frozen 3 steps) the predictions go uniform: the loss
@@ -108,10 +109,10 @@ CPC_CHANCE = 8 * math.log(16 * 9)
 #   +0.014: on the digits at this size a kNN gain is not evidence of SwAV's learning, so no
 #   test asserts one (on the 16-d embedding too: +0.231 learned, +0.209 with the neighbour's
 #   codes, seed 0).
-# - its logged `swap_top1` (the swapped prediction's accuracy, chance 1/30) shows why: with the
-#   prototypes frozen and the queue full, seed 0 learns its pretext task (0.663 at step 25,
-#   loss 2.81 < ln 30) and then collapses within 10-15 steps (0.000, loss above ln K); without
-#   the queue, or at the recipe's LR, it stays at chance (BENCHMARKS.md, 2026-12-07).
+# - its logged `swap_top1` and `swap_top1_chance` show why: with a queue 16x the batch, the
+#   batch collapses onto one prototype (both 0.663 at step 25, seed 0) while the queue keeps
+#   the codes balanced; at batch 16 without a queue nothing is learned; at batch 64 without
+#   one SwAV learns (tests/test_swav.py; BENCHMARKS.md, 2026-12-07).
 # "Loss stuck at ln K on small data" is reported against the reference too
 # (facebookresearch/swav issues 62, 69, 120).
 LEARNS = [("simsiam.py", "cifar10", ["--config.optimizer.base_lr=1.0"], None),
