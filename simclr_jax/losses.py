@@ -238,17 +238,20 @@ def swapped_prediction_top1(scores: jnp.ndarray, codes: jnp.ndarray, code_views)
     agree, but a collapse to one prototype also makes it 1; the chance term is then 1 too, so
     the gap top1 - chance is the learning (a queue much larger than the batch lets the batch
     collapse while the queue keeps the codes' equipartition: BENCHMARKS.md)."""
-    K = scores.shape[-1]
+    num_views, B, K = scores.shape
     predicted = jnp.argmax(scores, axis=-1)                                   # [V, B]
-    freq = jnp.mean(jax.nn.one_hot(predicted, K), axis=1)                     # [V, K]
-    num_views, hits, chance = scores.shape[0], [], []
+
+    def freq(ids):          # [B] -> [K]; a count, not a [B, K] one-hot (B 4096 x K 3000)
+        return jnp.bincount(ids, length=K) / B
+
+    hits, chance = [], []
     for a, v_code in enumerate(code_views):
         target = jnp.argmax(codes[a], axis=-1)                                # [B]
-        target_freq = jnp.mean(jax.nn.one_hot(target, K), axis=0)             # [K]
+        target_freq = freq(target)                                            # [K]
         for v in range(num_views):
             if v != v_code:
                 hits.append(jnp.mean((predicted[v] == target).astype(jnp.float32)))
-                chance.append(jnp.sum(freq[v] * target_freq))
+                chance.append(jnp.sum(freq(predicted[v]) * target_freq))
     return jnp.mean(jnp.stack(hits)), jnp.mean(jnp.stack(chance))
 
 
