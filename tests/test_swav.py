@@ -392,9 +392,10 @@ def test_impossible_settings_are_one_line():
 # `cifar10,runlocal` through the CLI on one device, with what lets SwAV learn at this size.
 # Why each override (measured 2026-12-07, BENCHMARKS.md "What SwAV does at this size"):
 # - batch 64 and no queue: Sinkhorn's equipartition then holds within the batch (64 images,
-#   30 prototypes). runlocal's 4-batch queue from step 0 lets the batch collapse onto one
-#   prototype while the queue's old rows keep the codes balanced; at batch 16 without a queue
-#   (fewer images than prototypes) the codes are arbitrary and nothing is learned;
+#   30 prototypes). With a queue of 8-16 batches from step 0 the batch collapses onto one
+#   prototype while the queue's old rows keep the codes balanced; with runlocal's 4 batches
+#   nothing is learned; at batch 16 without a queue (fewer images than prototypes) the codes
+#   are arbitrary and nothing is learned either;
 # - epsilon 0.02, the prototypes frozen for the whole run (the recipe freezes them for its
 #   first 2 epochs), crops from >= 30% of the area: the reference README's advice when the
 #   loss stays at ln K; at epsilon 0.05 the predictions collapse onto one prototype;
