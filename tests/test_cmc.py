@@ -416,7 +416,8 @@ def test_runlocal_learns_through_the_cli_and_its_workdir_loads_as_an_encoder_of_
     vs 0.858 vs 0.866, seed 1 0.922 vs 0.922 vs 0.908, seed 2 0.944 vs 0.833 vs 0.858: seed 1
     does not learn here. A run with no positive pair (break_positive_pairs: each L meets
     another image's bank row) scores 0.933 in this setting, so this check shows the kNN
-    rising, not CMC learning from its views (BENCHMARKS.md, Negative controls). On the whole 1,438-image split for 60 steps (fewer than one epoch:
+    rising, not CMC learning from its views (BENCHMARKS.md, Negative controls). On the whole
+    1,438-image split for 60 steps (fewer than one epoch:
     most bank rows still random) the gain over LR 1e-7 is the seed's: +0.067, -0.058, +0.061.
     On grey digits ab carries only Lab's rounding offset, which the ab encoder's first BN
     amplifies into a faint copy of the strokes: what the two views share is the strokes. On

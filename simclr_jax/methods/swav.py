@@ -194,10 +194,10 @@ class SwAV(Method):
         else:
             codes = [losses.sinkhorn(scores[c], s.epsilon, s.sinkhorn_iterations)
                      for c in crops]
-        loss = losses.swapped_prediction(scores, jnp.stack(codes), crops,
-                                         config.loss.temperature)
+        codes = jnp.stack(codes)                                                  # [A, B, K]
+        loss = losses.swapped_prediction(scores, codes, crops, config.loss.temperature)
         metrics["swap_top1"], metrics["swap_top1_chance"] = losses.swapped_prediction_top1(
-            scores, jnp.stack(codes), crops)
+            scores, codes, crops)
         p_loss, p_metrics = self._probe(out, batch["label"], crops, V, B)
         return loss + p_loss, (stats, ms, {"loss": loss, **metrics, **p_metrics})
 
