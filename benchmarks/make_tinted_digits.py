@@ -14,9 +14,9 @@ training moves its kNN by hundredths, with or without positive pairs (BENCHMARKS
 controls"). Here each image gets its own background and stroke colour (random hue and
 saturation, light strokes on a dark ground), so init's kNN falls to 0.34-0.41. The hope was that
 only a run learning from its views would drop the colour. It did not hold: a run with no
-positive pair (`break_positive_pairs`) beat learned SimCLR (0.387 vs 0.373, seed 0; 0.460 vs 0.379 with full-strength jitter), since
-pulling random pairs together removes their largest difference, the colour (BENCHMARKS.md,
-"Tinted digits").
+positive pair (`break_positive_pairs`) beat learned SimCLR (0.387 vs 0.373, seed 0; 0.460 vs
+0.379 with full-strength jitter), since pulling random pairs together removes their largest
+difference, the colour (BENCHMARKS.md, "Tinted digits").
 
 The colours are a pure function of `seed` and the image's index; labels are the digits'.
 """

@@ -87,9 +87,9 @@ def test_no_method_name_outside_the_methods_package():
 CPC_CHANCE = 8 * math.log(16 * 9)
 # Not here: swav. Its check is its pretext task (loss below ln K, tests/test_swav.py), since
 # the kNN gain is the seed's. The history: its `cifar10,runlocal` does not learn on the digits
-# within a test's budget
-# (measured 2026-12-07, 1 device, kNN k 10 on the backbone; the baseline is the same run at LR
-# 1e-7, benchmarks/runlocal_seeds.py: 0.889 / 0.877 / 0.922 for seeds 0 / 1 / 2 after 60 steps):
+# within a test's budget (measured 2026-12-07, 1 device, kNN k 10 on the backbone; the baseline
+# is the same run at LR 1e-7, benchmarks/runlocal_seeds.py: 0.889 / 0.877 / 0.922 for seeds
+# 0 / 1 / 2 after 60 steps):
 # - as runlocal shrinks it (prototypes frozen 3 steps) the predictions go uniform: the loss
 #   sits at ln 30 = 3.401 from step ~100 and the kNN falls, 0.883 / 0.864 / 0.816 after
 #   100 / 200 / 400 steps (init 0.919 with its (0, 1) BN statistics);
