@@ -51,9 +51,10 @@ def main(argv):
     del argv
     logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
     rows = ["| seed | learned | no learning (base_lr 1e-7) | control (pairs broken) | init "
-            "| learned - no learning | learned - control | learned - init | s |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    nan = {"knn_top1": float("nan")}
+            "| learned - no learning | learned - control | learned - init "
+            "| loss: learned / no learning / control | s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    nan = {"knn_top1": float("nan"), "loss": float("nan")}
     for seed in map(int, _SEEDS.value):
         start = time.time()
         learned = ml_collections.ConfigDict(_CONFIG.value.to_dict())
@@ -69,7 +70,9 @@ def main(argv):
         rows.append(f"| {seed} | {a['knn_top1']:.3f} | {b['knn_top1']:.3f} | "
                     f"{c['knn_top1']:.3f} | {a['knn_top1_init']:.3f} | "
                     f"{a['knn_top1'] - b['knn_top1']:+.3f} | {a['knn_top1'] - c['knn_top1']:+.3f} | "
-                    f"{a['knn_top1'] - a['knn_top1_init']:+.3f} | {time.time() - start:.0f} |")
+                    f"{a['knn_top1'] - a['knn_top1_init']:+.3f} | "
+                    f"{a['loss']:.3f} / {b['loss']:.3f} / {c['loss']:.3f} | "
+                    f"{time.time() - start:.0f} |")
     print("\n".join(rows))
 
 
