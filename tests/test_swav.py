@@ -400,12 +400,13 @@ def test_impossible_settings_are_one_line():
 #   first 2 epochs), crops from >= 30% of the area: the reference README's advice when the
 #   loss stays at ln K; at epsilon 0.05 the predictions collapse onto one prototype;
 # - base_lr 2.4 (4x the recipe's 0.6 per 256); 90 steps (4 epochs of the 1,438 digits).
-# No kNN here (`knn_train_split=` turns it off): the next test scores it.
-SWAV_LEARNS = ["--config.num_steps=90", "--config.batch_size=64", "--config.swav.queue_length=0",
+SWAV_RECIPE = ["--config.num_steps=90", "--config.batch_size=64", "--config.swav.queue_length=0",
                "--config.swav.epsilon=0.02", "--config.swav.freeze_prototypes_niters=180",
                "--config.optimizer.base_lr=2.4", "--config.aug.view1.crop_area_min=0.3",
                "--config.aug.view2.crop_area_min=0.3", "--config.aug.on_device=true",
-               "--config.dataset.knn_train_split=", "--config.log_every_steps=30"]
+               "--config.log_every_steps=30"]
+# No kNN in the pretext check (an empty bank split turns it off): the next test scores it.
+SWAV_LEARNS = SWAV_RECIPE + ["--config.dataset.knn_train_split="]
 
 
 def test_runlocal_learns_swapped_prediction_through_the_cli(tmp_path):
@@ -416,10 +417,9 @@ def test_runlocal_learns_swapped_prediction_through_the_cli(tmp_path):
     2026-12-08: 3.123, 0.144 against 0.040). The runs that must fail it do (seed 0): with no
     positive pair (`break_positive_pairs`) 3.74, with each image predicting its batch
     neighbour's code (a one-line mutation of compute_loss) 3.70, and at base_lr 1e-7 5.34 (120
-    steps). About 45 s. No kNN is asserted: against init on the
-    backbone from this init it is the seed's (+0.031 / +0.036 / -0.078 / -0.012), in 14 more
-    settings too (BENCHMARKS.md, 2026-12-07, sixth session); the next test scores it from
-    zero-init residual blocks."""
+    steps). About 45 s. No kNN is asserted: against init on the backbone from this init it is
+    the seed's (+0.031 / +0.036 / -0.078 / -0.012), in 14 more settings too (BENCHMARKS.md,
+    2026-12-07, sixth session); the next test scores it from zero-init residual blocks."""
     from learning_checks import run_runlocal
     final = run_runlocal(tmp_path, "swav.py", "cifar10", SWAV_LEARNS)
     print({k: final[k] for k in ("loss", "swap_top1", "swap_top1_chance")})
@@ -433,8 +433,8 @@ def test_runlocal_learns_swapped_prediction_through_the_cli(tmp_path):
 # from it lands at 0.80-0.94 in every setting tried, none above init on every seed. With the
 # blocks starting as identities init scores 0.59-0.76 and the same run ends at 0.78-0.89
 # (BENCHMARKS.md, "SwAV's kNN above init from zero-init residual blocks").
-SWAV_KNN = [o for o in SWAV_LEARNS if not o.startswith("--config.dataset.knn_train_split")] + [
-    "--config.model.zero_init_residual=true", "--config.eval.every_steps=1000"]
+SWAV_KNN = SWAV_RECIPE + ["--config.model.zero_init_residual=true",
+                         "--config.eval.every_steps=1000"]
 
 
 def test_runlocal_knn_rises_above_init_from_zero_init_blocks_through_the_cli(tmp_path):
@@ -445,8 +445,9 @@ def test_runlocal_knn_rises_above_init_from_zero_init_blocks_through_the_cli(tmp
     -0.019 to +0.042 (seeds 0-5) and fails it. A run with no positive pair, or with each image
     predicting its neighbour's code, can pass it (+0.103 / +0.187 / +0.003 / -0.150 and +0.070,
     as the other methods' kNN checks pass their controls); the test above is what they fail
-    (their loss 3.56-3.74 against ln K = 3.401). Its own loss, here 3.12-3.50 (above ln K on 3
-    of 20 seeds), is not asserted: that is the previous test's. About 55 s."""
+    (from the recipe's init their loss is 3.70-3.74, above ln K = 3.401). Its own loss, here
+    3.12-3.50 (above ln K on 3 of 20 seeds), is not asserted: that is the previous test's.
+    About 55 s."""
     from learning_checks import run_runlocal
     final = run_runlocal(tmp_path, "swav.py", "cifar10", SWAV_KNN)
     print({k: final[k] for k in ("loss", "knn_top1", "knn_top1_init", "swap_top1")})
